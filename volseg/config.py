@@ -9,9 +9,7 @@ that :func:`load_config` reads back. Each field's ``help`` metadata is the comme
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from volseg.atomic import write_text
 from volseg.errors import ConfigError, InputFileError, closest_hint
 
 
@@ -373,7 +372,7 @@ def dump_config(config: Config, path: str | Path | None = None, *, header: str =
     _dump_section(config, 0, lines)
     text = "\n".join(lines) + "\n"
     if path is not None:
-        write_text_atomic(Path(path), text)
+        write_text(path, text)
     return text
 
 
@@ -391,18 +390,3 @@ def _dump_section(section: Any, indent: int, lines: list[str]) -> None:
         rendered = rendered.removesuffix("\n...").removesuffix("...").strip()
         comment = item.metadata.get("help", "")
         lines.append(f"{pad}{item.name}: {rendered}" + (f"  # {comment}" if comment else ""))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

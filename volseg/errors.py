@@ -33,6 +33,10 @@ class OutputExistsError(VolsegError, FileExistsError):
     """An output path that exists and may not be overwritten."""
 
 
+class OutputError(VolsegError, OSError):
+    """An output that cannot be written (no permission, full disk, ...)."""
+
+
 class CheckpointError(VolsegError, ValueError):
     """A checkpoint that is corrupt, of an unknown format version or incomplete."""
 
