@@ -13,8 +13,14 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from pathlib import Path
+
+from tqdm import tqdm
+
 from volseg._version import __version__
-from volseg.errors import VolsegError
+from volseg.errors import OutputExistsError, VolsegError
+
+logger = logging.getLogger("volseg")
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -44,6 +50,45 @@ def _models_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_command(args: argparse.Namespace) -> int:
+    from volseg.atomic import write_text
+    from volseg.config import dump_config
+    from volseg.data.planner import plan_dataset, plan_summary
+
+    outputs = [Path(p) for p in (args.output, args.fingerprint) if p is not None]
+    check_outputs_free(outputs, args.overwrite)
+    with tqdm(desc="fingerprint", unit="case", disable=args.quiet, file=sys.stderr, delay=0.5) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        config, fingerprint = plan_dataset(
+            args.data,
+            layout=args.layout,
+            spatial_dims=args.dims,
+            device=args.device,
+            memory_gb=args.memory_gb,
+            num_workers=args.workers,
+            progress=progress,
+        )
+    text = dump_config(config, args.output, header=plan_summary(fingerprint, config, args.device))
+    if args.fingerprint:
+        write_text(args.fingerprint, json.dumps(fingerprint.to_dict(), indent=1) + "\n")
+    if args.output is None:
+        print(text, end="")
+    else:
+        logger.info("wrote %s", args.output)
+    return 0
+
+
+def check_outputs_free(paths: Sequence[Path], overwrite: bool) -> None:
+    """Refuse, before any work, to replace existing outputs unless ``--overwrite``."""
+    for path in paths:
+        if path.exists() and not overwrite:
+            raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; each subcommand stores its handler in ``handler``."""
     parser = argparse.ArgumentParser(
@@ -61,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--in-channels", type=int, default=1, help="input channels (default 1)")
     models.add_argument("--classes", type=int, default=2, help="output classes (default 2)")
     models.set_defaults(handler=_models_command)
+
+    plan = commands.add_parser(
+        "plan", parents=[common], help="propose a training config from a dataset's fingerprint"
+    )
+    plan.add_argument("data", help="dataset folder: MSD, nnU-Net raw, BraTS or images/ + labels/")
+    plan.add_argument("-o", "--output", help="write the config YAML here (default: print it)")
+    plan.add_argument("--dims", type=int, choices=(2, 3), default=3, help="3D (default) or 2D slice network")
+    plan.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="what training will run on (default cuda)")
+    plan.add_argument("--memory-gb", type=float, help="memory budget for training (default 8 on cuda, 4 on cpu)")
+    plan.add_argument("--layout", default="auto", help="force the dataset layout (default: detect it)")
+    plan.add_argument("--workers", type=int, default=2, help="processes reading cases (default 2)")
+    plan.add_argument("--fingerprint", help="also write the dataset fingerprint as JSON here")
+    plan.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    plan.set_defaults(handler=_plan_command)
     return parser
 
 

@@ -57,8 +57,8 @@ class PreprocessingConfig:
         "mri", "mri: z-score per case and channel over non-zero voxels; ct: clip, then z-score with dataset statistics"
     )
     clip: Union[list[float], None] = _field(None, "ct: intensity window, the dataset's foreground 0.5-99.5 percentiles")
-    mean: Union[float, None] = _field(None, "ct: dataset foreground mean after clipping")
-    std: Union[float, None] = _field(None, "ct: dataset foreground standard deviation after clipping")
+    mean: Union[float, None] = _field(None, "ct: mean of the dataset's foreground intensities")
+    std: Union[float, None] = _field(None, "ct: standard deviation of the dataset's foreground intensities")
     crop_foreground: bool = _field(True, "crop each case to its non-zero bounding box")
 
 
@@ -376,6 +376,9 @@ def dump_config(config: Config, path: str | Path | None = None, *, header: str =
     return text
 
 
+_FLOW_WIDTH = 80
+
+
 def _dump_section(section: Any, indent: int, lines: list[str]) -> None:
     pad = "  " * indent
     for item in dataclasses.fields(section):
@@ -389,4 +392,12 @@ def _dump_section(section: Any, indent: int, lines: list[str]) -> None:
         rendered = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
         rendered = rendered.removesuffix("\n...").removesuffix("...").strip()
         comment = item.metadata.get("help", "")
-        lines.append(f"{pad}{item.name}: {rendered}" + (f"  # {comment}" if comment else ""))
+        suffix = f"  # {comment}" if comment else ""
+        if isinstance(value, dict) and value and len(rendered) > _FLOW_WIDTH:
+            # Long mappings (network options) read better one key per line.
+            lines.append(f"{pad}{item.name}:{suffix}")
+            for key, entry in value.items():
+                flow = yaml.safe_dump({key: entry}, default_flow_style=True, width=10_000).strip()[1:-1]
+                lines.append(f"{pad}  {flow}")
+        else:
+            lines.append(f"{pad}{item.name}: {rendered}{suffix}")
