@@ -1,0 +1,232 @@
+"""Sliding-window inference: segment a volume larger than the network's window.
+
+Windows are spread evenly over the (padded) volume, batched, run under
+``torch.inference_mode`` (optionally autocast), weighted by a Gaussian importance map
+computed once, and accumulated on ``output_device``, so the stitched logits can live in
+host memory while windows run on the GPU. Networks whose output is smaller than their
+input (the paper's valid-convolution U-Net) are tiled by output: each window carries its
+context, mirrored at the volume's border (the U-Net paper's overlap-tile strategy).
+2D networks segment volumes slice by slice.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from volseg.errors import ConfigError, ShapeError, choice_error
+
+BLEND_MODES = ("gaussian", "constant")
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+#: Gaussian sigma as a fraction of the window size (nnU-Net uses 1/8 too).
+SIGMA_SCALE = 0.125
+
+
+def window_starts(size: int, window: int, overlap: float) -> list[int]:
+    """Start positions of windows of ``window`` voxels covering ``size`` voxels (``size >= window``),
+    neighbours sharing at least ``overlap`` of a window, spread evenly from 0 to ``size - window``."""
+    if size <= window:
+        return [0]
+    step = window * (1.0 - overlap)
+    count = math.ceil((size - window) / step) + 1
+    spacing = (size - window) / (count - 1)
+    return [int(round(i * spacing)) for i in range(count)]
+
+
+@functools.lru_cache(maxsize=8)
+def _importance_map(shape: tuple[int, ...], mode: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    if mode == "constant":
+        return torch.ones(shape, device=device, dtype=dtype)
+    axes = []
+    for size in shape:
+        centre, sigma = (size - 1) / 2.0, max(size * SIGMA_SCALE, 1e-3)
+        coordinates = torch.arange(size, dtype=torch.float64)
+        axes.append(torch.exp(-((coordinates - centre) ** 2) / (2 * sigma**2)))
+    weights = functools.reduce(lambda a, b: a[..., None] * b, axes)
+    weights = weights / weights.max()
+    # Zero weights at the corners would leave voxels covered only there undefined.
+    weights = weights.clamp_min(weights[weights > 0].min().item() if (weights > 0).any() else 1.0).clamp_min(1e-4)
+    return weights.to(device=device, dtype=dtype)
+
+
+def importance_map(shape: Sequence[int], mode: str = "gaussian", device: str | torch.device = "cpu") -> torch.Tensor:
+    """Blending weights (*shape) in (0, 1]: a Gaussian peaking at the window centre, or ones.
+
+    Computed once per shape, mode and device (cached).
+    """
+    if mode not in BLEND_MODES:
+        raise choice_error("blend mode", mode, BLEND_MODES)
+    return _importance_map(tuple(int(s) for s in shape), mode, torch.device(device), torch.float32)
+
+
+def flip_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of the spatial ``axes`` (the identity first): nnU-Net-style test-time mirroring."""
+    axes = sorted(set(int(a) for a in axes))
+    return [combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
+
+
+def _output_size(network: nn.Module, roi: tuple[int, ...]) -> tuple[int, ...]:
+    output_shape = getattr(network, "output_shape", None)
+    return tuple(output_shape(roi)) if callable(output_shape) else roi
+
+
+def sliding_window_inference(
+    network: nn.Module,
+    image: torch.Tensor,
+    roi_size: Sequence[int],
+    *,
+    overlap: float = 0.5,
+    blend: str = "gaussian",
+    sw_batch_size: int = 4,
+    tta_flips: Sequence[int] = (),
+    device: str | torch.device | None = None,
+    output_device: str | torch.device | None = None,
+    autocast: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Logits of ``network`` over the whole of ``image``.
+
+    Args:
+        network: maps (B, C, *roi) to (B, K, *out); ``out`` may be smaller than ``roi``
+            (valid convolutions) when the network has ``output_shape``. A 2D network on a
+            3D ``image`` runs slice by slice along the last axis.
+        image: (N, C, *S). Axes smaller than the window are padded (zeros) and cropped back.
+        roi_size: the window, one size per spatial axis of the network.
+        overlap: fraction of a window shared with its neighbour, 0 <= overlap < 1.
+        blend: ``"gaussian"`` (weights fall off from the window centre) or ``"constant"``.
+        sw_batch_size: windows per network call.
+        tta_flips: spatial axes (0-based) mirrored for test-time augmentation; every
+            combination is run and the logits averaged.
+        device: where the network runs (default: the network's parameters' device).
+        output_device: where the stitched logits are accumulated (default: ``image``'s
+            device); use ``"cpu"`` to keep a large multi-class result off the GPU.
+        autocast: ``None``, ``"fp16"`` or ``"bf16"`` mixed precision for the network.
+        progress: called as ``progress(done_windows, total_windows)``.
+
+    Returns:
+        (N, K, *S) float32 logits averaged over windows (and flips), on ``output_device``.
+    """
+    spatial_dims = getattr(network, "spatial_dims", image.ndim - 2)
+    if image.ndim == 5 and spatial_dims == 2:
+        return _slice_by_slice(network, image, roi_size, overlap=overlap, blend=blend, sw_batch_size=sw_batch_size,
+                               tta_flips=tta_flips, device=device, output_device=output_device, autocast=autocast,
+                               progress=progress)
+    _check_arguments(image, roi_size, overlap, sw_batch_size, autocast, tta_flips)
+    roi = tuple(int(r) for r in roi_size)
+    if device is None:
+        device = next(network.parameters()).device
+    device = torch.device(device)
+    output_device = torch.device(output_device) if output_device is not None else image.device
+    tile = _output_size(network, roi)
+    context_low = tuple((r - t) // 2 for r, t in zip(roi, tile))
+    context_high = tuple(r - t - c for r, t, c in zip(roi, tile, context_low))
+
+    # Pad the image so that the output grid holds at least one tile, then add the context.
+    shape = tuple(image.shape[2:])
+    grid = tuple(max(s, t) for s, t in zip(shape, tile))
+    extra_low = tuple((g - s) // 2 for g, s in zip(grid, shape))
+    padded = _pad(image, extra_low, tuple(g - s - e for g, s, e in zip(grid, shape, extra_low)), "constant")
+    if any(context_low) or any(context_high):
+        padded = _pad(padded, context_low, context_high, "reflect")
+
+    starts = [window_starts(g, t, overlap) for g, t in zip(grid, tile)]
+    positions = list(itertools.product(*starts))
+    weights = importance_map(tile, blend, output_device)
+    num_cases, flips = image.shape[0], flip_combinations(tta_flips)
+    logits: torch.Tensor | None = None
+    coverage = torch.zeros((1, 1, *grid), device=output_device, dtype=torch.float32)
+    jobs = [(case, position) for case in range(num_cases) for position in positions]
+    total = len(jobs)
+    with torch.inference_mode(), _autocast_context(device, autocast):
+        for done, batch in _batches(jobs, sw_batch_size):
+            windows = torch.cat(
+                [padded[(slice(case, case + 1), slice(None), *_window(position, roi))] for case, position in batch]
+            ).to(device, non_blocking=True)
+            prediction = _predict_with_flips(network, windows, flips)
+            prediction = prediction.to(device=output_device, dtype=torch.float32)
+            if logits is None:
+                with torch.inference_mode(False):  # a normal tensor: callers may modify the result in place
+                    logits = torch.zeros((num_cases, prediction.shape[1], *grid), device=output_device, dtype=torch.float32)
+            for index, (case, position) in enumerate(batch):
+                region = _window(position, tile)
+                logits[(case, slice(None), *region)].addcmul_(prediction[index], weights)
+                if case == 0:
+                    coverage[(0, 0, *region)].add_(weights)
+            if progress is not None:
+                progress(done, total)
+    assert logits is not None
+    logits /= coverage
+    crop = tuple(slice(e, e + s) for e, s in zip(extra_low, shape))
+    return logits[(slice(None), slice(None), *crop)]
+
+
+def _window(start: Sequence[int], size: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(p, p + s) for p, s in zip(start, size))
+
+
+def _predict_with_flips(network: nn.Module, windows: torch.Tensor, flips: list[tuple[int, ...]]) -> torch.Tensor:
+    """Mean logits over the mirrored copies of ``windows`` (B, C, *roi)."""
+    total = None
+    for flip in flips:
+        dims = [axis + 2 for axis in flip]
+        output = network(windows.flip(dims) if dims else windows)
+        output = output[0] if isinstance(output, (list, tuple)) else output
+        output = output.float()
+        output = output.flip(dims) if dims else output
+        total = output if total is None else total.add_(output)
+    assert total is not None
+    return total / len(flips) if len(flips) > 1 else total
+
+
+def _slice_by_slice(network: nn.Module, image: torch.Tensor, roi_size: Sequence[int], **options) -> torch.Tensor:
+    """A 2D network over (N, C, H, W, D): every slice along D is a case."""
+    if len(roi_size) == 3:
+        roi_size = roi_size[:2]
+    num_cases, depth = image.shape[0], image.shape[-1]
+    slices = image.permute(0, 4, 1, 2, 3).reshape(num_cases * depth, *image.shape[1:4])
+    tta = [a for a in options.pop("tta_flips") if a < 2]
+    logits = sliding_window_inference(network, slices, roi_size, tta_flips=tta, **options)
+    return logits.reshape(num_cases, depth, *logits.shape[1:]).permute(0, 2, 3, 4, 1)
+
+
+def _check_arguments(image, roi_size, overlap, sw_batch_size, autocast, tta_flips) -> None:
+    spatial = image.ndim - 2
+    if image.ndim not in (4, 5):
+        raise ShapeError(f"image of shape {tuple(image.shape)} is not valid; expected (N, C, *S) with 2 or 3 spatial axes")
+    if len(roi_size) != spatial or any(int(r) < 1 for r in roi_size):
+        raise ConfigError(f"roi_size={list(roi_size)} is not valid; give {spatial} positive sizes")
+    if not 0.0 <= overlap < 1.0:
+        raise ConfigError(f"overlap={overlap} is not valid; allowed: 0 <= overlap < 1")
+    if sw_batch_size < 1:
+        raise ConfigError(f"sw_batch_size={sw_batch_size} is not valid; allowed: 1 or more")
+    if autocast is not None and autocast not in AUTOCAST_DTYPES:
+        raise choice_error("autocast", autocast, AUTOCAST_DTYPES)
+    if any(not 0 <= a < spatial for a in tta_flips):
+        raise ConfigError(f"tta_flips={list(tta_flips)} is not valid; spatial axes are 0 .. {spatial - 1}")
+
+
+def _pad(image: torch.Tensor, low: tuple[int, ...], high: tuple[int, ...], mode: str) -> torch.Tensor:
+    if not any(low) and not any(high):
+        return image
+    pads = [p for pair in zip(reversed(low), reversed(high)) for p in pair]
+    if mode == "reflect" and any(p >= s for p, s in zip(pads, [s for s in reversed(image.shape[2:]) for _ in (0, 1)])):
+        mode = "replicate"  # the volume is thinner than the context: mirroring is impossible
+    return F.pad(image, pads, mode=mode)
+
+
+def _batches(items: list, size: int) -> Iterator[tuple[int, list]]:
+    for start in range(0, len(items), size):
+        batch = items[start : start + size]
+        yield start + len(batch), batch
+
+
+def _autocast_context(device: torch.device, autocast: str | None):
+    if autocast is None:
+        return torch.autocast(device_type=device.type, enabled=False)
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[autocast])
