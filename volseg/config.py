@@ -8,6 +8,7 @@ that :func:`load_config` reads back. Each field's ``help`` metadata is the comme
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
@@ -213,12 +214,17 @@ def config_from_dict(values: dict[str, Any] | None) -> Config:
     return config
 
 
-def _build(cls: type, values: Any, prefix: str) -> Any:
+def _build(cls: type, values: Any, prefix: str, base: Any = None) -> Any:
+    """An instance of the dataclass ``cls`` from ``values``, starting from ``base`` (its defaults).
+
+    Starting from the default instance keeps a section's own defaults (e.g. gamma's range)
+    for the keys a file or ``--set`` leaves out.
+    """
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'the config'} must be a mapping of keys, got {values!r}")
+    instance = copy.deepcopy(base) if base is not None else cls()
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    arguments = {}
     for key, value in values.items():
         if key not in names:
             options = [f"{prefix}{n}" for n in names]
@@ -226,15 +232,16 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
                 f"unknown config key {prefix + str(key)!r}{closest_hint(prefix + str(key), options)}; "
                 f"allowed in {prefix.rstrip('.') or 'the top level'}: {', '.join(names)}"
             )
-        arguments[key] = _coerce(value, hints[key], f"{prefix}{key}")
-    return cls(**arguments)
+        if dataclasses.is_dataclass(hints[key]):
+            setattr(instance, key, _build(hints[key], value, f"{prefix}{key}.", getattr(instance, key)))
+        else:
+            setattr(instance, key, _coerce(value, hints[key], f"{prefix}{key}"))
+    return instance
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against the type ``hint``; returns it (ints widened to floats, dataclasses built)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key + ".")
     if hint is Any:
         return value
     if origin in (Union, types.UnionType):
