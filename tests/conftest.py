@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import nibabel as nib
 
 import numpy as np
 import pytest
@@ -30,3 +33,37 @@ def require_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not found at {path} (it lives in ../shared/data beside the checkout)")
     return path
+
+
+def write_nifti(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> None:
+    nib.save(nib.Nifti1Image(array, np.diag([*spacing, 1.0])), str(path))
+
+
+def write_msd(root: Path, *, cases=4, shape=(20, 24, 16), spacing=(1.0, 1.0, 1.0), modality="MRI", offset=0.0) -> Path:
+    """A tiny MSD dataset: a bright box labelled 1 (and a smaller box 2) inside a dim body."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    training = []
+    for index in range(cases):
+        image = np.zeros(shape, np.float32) + offset
+        image[2:-2, 2:-2, 2:-2] = rng.normal(50, 5, size=tuple(s - 4 for s in shape))
+        label = np.zeros(shape, np.uint8)
+        label[5:10, 6:12, 4:8] = 1
+        label[6:8, 7:9, 5:6] = 2
+        image[label > 0] = 100 + index
+        name = f"case_{index:03d}.nii.gz"
+        write_nifti(root / "imagesTr" / name, image, spacing)
+        write_nifti(root / "labelsTr" / name, label, spacing)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "tiny", "modality": {"0": modality}, "labels": {"0": "background", "1": "outer", "2": "inner"},
+        "numTraining": cases, "training": training, "test": [],
+    }))
+    return root
+
+
+@pytest.fixture
+def make_msd():
+    """``make_msd(root, cases=4, shape=(20, 24, 16), spacing=..., modality="MRI", offset=0.0)`` -> root."""
+    return write_msd

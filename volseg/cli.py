@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from volseg._version import __version__
-from volseg.errors import OutputExistsError, VolsegError
+from volseg.errors import ConfigError, InputFileError, OutputExistsError, VolsegError
 
 logger = logging.getLogger("volseg")
 
@@ -82,6 +82,31 @@ def _plan_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_command(args: argparse.Namespace) -> int:
+    from volseg.config import load_config
+    from volseg.training import CONFIG_FILE, train
+
+    overrides = list(args.set or [])
+    if args.fold is not None:
+        overrides.append(f"data.fold={args.fold}")
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise InputFileError(f"{run_dir} is not a volseg run folder (no {CONFIG_FILE}); nothing to resume")
+        config = load_config(run_dir / CONFIG_FILE, overrides)
+    elif args.config:
+        config = load_config(args.config, overrides)
+        fold = "all" if config.data.fold == -1 else str(config.data.fold)
+        run_dir = Path(args.output) if args.output else Path("runs") / Path(args.config).stem / f"fold_{fold}"
+    else:
+        raise ConfigError("give a CONFIG file to start a run, or --resume RUN_DIR to continue one")
+    result = train(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite, until_epoch=args.until_epoch,
+                   progress_bar=None if args.quiet else tqdm)
+    best = "no validation" if result.best_metric is None else f"best mean Dice {result.best_metric:.4f} at epoch {result.best_epoch}"
+    logger.info("finished %d epochs in %s: %s", result.epochs_run, result.run_dir, best)
+    return 0
+
+
 def check_outputs_free(paths: Sequence[Path], overwrite: bool) -> None:
     """Refuse, before any work, to replace existing outputs unless ``--overwrite``."""
     for path in paths:
@@ -120,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--fingerprint", help="also write the dataset fingerprint as JSON here")
     plan.add_argument("--overwrite", action="store_true", help="replace existing output files")
     plan.set_defaults(handler=_plan_command)
+
+    train = commands.add_parser("train", parents=[common], help="train a network from a YAML config")
+    train.add_argument("config", nargs="?", help="the run's YAML config (volseg plan writes one)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. training.epochs=50")
+    train.add_argument("-o", "--output", help="run folder (default runs/<config name>/fold_<k>)")
+    train.add_argument("--fold", type=int, help="cross-validation fold to train (-1: all cases)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    train.add_argument("--until-epoch", type=int, metavar="N", help="stop after epoch N (continue later with --resume)")
+    train.add_argument("--overwrite", action="store_true", help="start again in a run folder that holds a run")
+    train.set_defaults(handler=_train_command)
     return parser
 
 

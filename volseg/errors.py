@@ -41,6 +41,10 @@ class CheckpointError(VolsegError, ValueError):
     """A checkpoint that is corrupt, of an unknown format version or incomplete."""
 
 
+class TrainingError(VolsegError, FloatingPointError):
+    """Training cannot go on (e.g. the loss became NaN): the message says what to change."""
+
+
 def closest_hint(value: str, allowed: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest allowed string, or ``""``."""
     matches = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)

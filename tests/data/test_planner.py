@@ -26,34 +26,6 @@ from volseg.nn import create_model
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
-def write_nifti(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> None:
-    nib.save(nib.Nifti1Image(array, np.diag([*spacing, 1.0])), str(path))
-
-
-def make_msd(root: Path, *, cases=4, shape=(20, 24, 16), spacing=(1.0, 1.0, 1.0), modality="MRI", offset=0.0) -> Path:
-    """A tiny MSD dataset: a bright box labelled 1 (and a smaller box 2) inside a dim body."""
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    rng = np.random.default_rng(0)
-    training = []
-    for index in range(cases):
-        image = np.zeros(shape, np.float32) + offset
-        image[2:-2, 2:-2, 2:-2] = rng.normal(50, 5, size=tuple(s - 4 for s in shape))
-        label = np.zeros(shape, np.uint8)
-        label[5:10, 6:12, 4:8] = 1
-        label[6:8, 7:9, 5:6] = 2
-        image[label > 0] = 100 + index
-        name = f"case_{index:03d}.nii.gz"
-        write_nifti(root / "imagesTr" / name, image, spacing)
-        write_nifti(root / "labelsTr" / name, label, spacing)
-        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    (root / "dataset.json").write_text(json.dumps({
-        "name": "tiny", "modality": {"0": modality}, "labels": {"0": "background", "1": "outer", "2": "inner"},
-        "numTraining": cases, "training": training, "test": [],
-    }))
-    return root
-
-
 def test_reorientation_permutes_shape_and_spacing():
     # Voxel axes i, j, k point to S, R, A: in RAS order the shape becomes (j, k, i).
     affine = np.array([[0, 2.0, 0, 0], [0, 0, 3.0, 0], [1.0, 0, 0, 0], [0, 0, 0, 1]])
@@ -70,7 +42,7 @@ def test_nonzero_bounding_shape_by_hand():
     assert nonzero_bounding_shape(np.zeros((2, 3, 4), bool)) == [2, 3, 4]
 
 
-def test_case_fingerprint_counts_and_samples_foreground(tmp_path):
+def test_case_fingerprint_counts_and_samples_foreground(tmp_path, make_msd):
     dataset = find_cases(make_msd(tmp_path / "msd", cases=1))
     record = fingerprint_case(dataset.cases[0])
     label = np.asarray(nib.load(str(dataset.cases[0].label)).dataobj)
@@ -80,7 +52,7 @@ def test_case_fingerprint_counts_and_samples_foreground(tmp_path):
     assert record.cropped_shape == [16, 20, 12] and record.shape == [20, 24, 16]
 
 
-def test_anisotropic_target_spacing_uses_the_10th_percentile(tmp_path):
+def test_anisotropic_target_spacing_uses_the_10th_percentile(tmp_path, make_msd):
     dataset = find_cases(make_msd(tmp_path / "msd", cases=2, spacing=(0.8, 0.8, 5.0)))
     fingerprint = fingerprint_dataset(dataset)
     fingerprint.spacing_percentile_10 = [0.8, 0.8, 4.0]
@@ -106,7 +78,7 @@ def test_patch_shrinks_to_the_memory_budget():
     assert all(p % d == 0 for p, d in zip(small, topology_small.divisor))
 
 
-def test_plan_config_builds_a_network_that_takes_its_patch(tmp_path):
+def test_plan_config_builds_a_network_that_takes_its_patch(tmp_path, make_msd):
     config, fingerprint = plan_dataset(str(make_msd(tmp_path / "msd")))
     assert config.data.labels == {0: "background", 1: "outer", 2: "inner"}
     assert config.preprocessing.intensity == "mri" and config.data.regions is None
@@ -115,7 +87,7 @@ def test_plan_config_builds_a_network_that_takes_its_patch(tmp_path):
     assert config.inference.roi_size == config.sampling.patch_size
 
 
-def test_ct_is_recognised_by_modality_or_by_hounsfield_air(tmp_path):
+def test_ct_is_recognised_by_modality_or_by_hounsfield_air(tmp_path, make_msd):
     by_name, _ = plan_dataset(str(make_msd(tmp_path / "named", modality="CT")))
     by_values, _ = plan_dataset(str(make_msd(tmp_path / "air", modality="", offset=-1000.0)))
     for config in (by_name, by_values):
@@ -124,13 +96,13 @@ def test_ct_is_recognised_by_modality_or_by_hounsfield_air(tmp_path):
         assert 100 <= low <= high <= 103  # the labelled voxels are 100 + case index
 
 
-def test_two_dimensional_plan(tmp_path):
+def test_two_dimensional_plan(tmp_path, make_msd):
     config, fingerprint = plan_dataset(str(make_msd(tmp_path / "msd")), spatial_dims=2)
     assert config.network.spatial_dims == 2 and len(config.sampling.patch_size) == 2
     assert all(len(s) == 2 for s in config.network.options["strides"])
 
 
-def test_plan_cli_writes_a_config_train_accepts(tmp_path, capsys):
+def test_plan_cli_writes_a_config_train_accepts(tmp_path, capsys, make_msd):
     data, output = make_msd(tmp_path / "msd"), tmp_path / "plan.yaml"
     assert main(["plan", str(data), "-o", str(output), "--fingerprint", str(tmp_path / "fp.json"), "--quiet"]) == 0
     config = load_config(output)

@@ -1,0 +1,76 @@
+"""Data-parallel training across processes: ``torchrun --nproc_per_node N -m volseg train CONFIG``.
+
+torchrun describes the job in the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``);
+without it the job is a single process. NCCL joins GPUs, gloo joins CPU processes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands in the job and which device it drives."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes files and shows progress."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU falls back to CPU with a warning."""
+    if preference in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    if preference == "cuda":
+        logger.warning("training.device is cuda but no CUDA device is available; using the CPU")
+    return torch.device("cpu")
+
+
+def init_distributed(device_preference: str = "auto") -> DistributedContext:
+    """Join the torchrun job if there is one (NCCL on GPUs, gloo on CPUs)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_preference, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+        logger.info("rank %d of %d joined the %s process group on %s", rank, world_size, backend, device)
+    return DistributedContext(rank, world_size, local_rank, device)
+
+
+def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """Sum ``tensor`` over all processes (a no-op in a single process)."""
+    if context.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier(context: DistributedContext) -> None:
+    if context.enabled:
+        dist.barrier()
+
+
+def shutdown(context: DistributedContext) -> None:
+    if context.enabled and dist.is_initialized():
+        dist.destroy_process_group()

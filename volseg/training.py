@@ -1,0 +1,337 @@
+"""The training loop behind ``volseg train``.
+
+One run folder holds everything: ``config.yaml`` (fully resolved), ``splits.json``,
+``last.pt`` (every epoch, with the training state for ``--resume``), ``best.pt`` (best
+mean validation Dice), ``metrics.csv``, ``curves.png`` and ``tensorboard/``.
+
+Data order and augmentation are a function of (seed, epoch, rank), and the RNG states,
+optimiser and gradient scaler are restored on resume, so in deterministic CPU mode an
+interrupted and resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import DataLoader
+from monai.utils import set_determinism
+from monai.data.utils import set_rnd
+from torch.utils.data import RandomSampler
+
+from volseg.checkpoint import build_checkpoint, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from volseg.config import Config, dump_config
+from volseg.data.datasets import find_cases
+from volseg.data.splits import load_folds, make_folds, save_folds, split_for_fold
+from volseg.data.transforms import items_from_cases, make_dataset, training_transforms, validation_transforms
+from volseg.distributed import DistributedContext, barrier, init_distributed
+from volseg.errors import ConfigError, OutputExistsError, TrainingError
+from volseg.losses import loss_from_config
+from volseg.nn import SegmentationNetwork, create_model
+from volseg.optim import LearningRateSchedule, build_optimizer
+from volseg.run_log import RunLog
+from volseg.validation import validate
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE, SPLITS_FILE, LAST, BEST = "config.yaml", "splits.json", "last.pt", "best.pt"
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports."""
+
+    run_dir: Path
+    epochs_run: int
+    best_metric: float | None
+    best_epoch: int | None
+    history: list[dict[str, Any]]
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: ``auto`` is bf16 on CUDA (fp16 where bf16 is missing), fp32 on CPU."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "fp32":
+        return None
+    if device.type == "cpu":
+        logger.warning(
+            "training.precision=%s on the CPU: autocast is usually slower than fp32 on CPUs without "
+            "bf16/fp16 instructions", precision
+        )
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def output_channels(config: Config) -> int:
+    """Network outputs: one per region (sigmoid) or one per label (softmax)."""
+    return len(config.data.regions) if config.data.regions else len(config.data.labels)
+
+
+def build_network(config: Config, in_channels: int) -> SegmentationNetwork:
+    """The configured network (gradient checkpointing from ``training`` when the network has it)."""
+    options = dict(config.network.options)
+    if config.training.gradient_checkpointing:
+        options["gradient_checkpointing"] = True
+    return create_model(config.network.name, config.network.spatial_dims, in_channels, output_channels(config), **options)
+
+
+def _seed_for(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def _seed_worker(worker_id: int, *, seed: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    worker_seed = _seed_for(seed, worker_id)
+    torch.manual_seed(worker_seed)
+    np.random.seed(worker_seed % 2**32)
+    set_rnd(info.dataset, worker_seed % 2**32)
+
+
+class Trainer:
+    """Train ``config`` into ``run_dir``; ``resume=True`` continues from ``run_dir/last.pt``.
+
+    ``progress_bar`` is a tqdm-like class used on the main process (None: no bar).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        progress_bar: Any = None,
+        context: DistributedContext | None = None,
+    ) -> None:
+        self.config, self.run_dir = config, Path(run_dir)
+        self.context = context or init_distributed(config.training.device)
+        self.progress_bar = progress_bar if self.context.is_main else None
+        if not resume and (self.run_dir / LAST).exists() and not overwrite:
+            raise OutputExistsError(
+                f"{self.run_dir} holds a run already; use --resume {self.run_dir} to continue it or --overwrite to start again"
+            )
+        seed = config.training.seed
+        if config.training.deterministic:
+            set_determinism(seed=seed)
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.backends.cudnn.benchmark = not config.training.deterministic
+
+        train_items, self.val_items = self._split_cases()
+        self.train_dataset = make_dataset(
+            train_items, training_transforms(config), config.data.cache, self._cache_dir(), config.data.num_workers
+        )
+        self.val_dataset = (
+            make_dataset(self.val_items, validation_transforms(config), config.data.cache, self._cache_dir(), 1)
+            if self.val_items
+            else None
+        )
+        in_channels = len(config.data.channels) or 1
+        self.network = build_network(config, in_channels).to(self.context.device)
+        self.model: torch.nn.Module = self.network
+        if config.training.compile:
+            self.model = torch.compile(self.model)
+        if self.context.enabled:
+            unused = not self.network.deep_supervision and len(getattr(self.network, "heads", [])) > 1
+            device_ids = [self.context.device.index] if self.context.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=device_ids, find_unused_parameters=unused
+            )
+        activation = "sigmoid" if config.data.regions else "softmax"
+        self.loss = loss_from_config(config.loss, activation=activation, num_outputs=output_channels(config))
+        self.optimizer = build_optimizer(config.optimizer, self.network.parameters())
+        steps = config.training.iterations_per_epoch
+        self.schedule = LearningRateSchedule(
+            config.schedule, config.optimizer.lr, config.training.epochs * steps, config.schedule.warmup_epochs * steps
+        )
+        self.autocast_dtype = resolve_precision(config.training.precision, self.context.device)
+        use_scaler = self.autocast_dtype == torch.float16 and self.context.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.log = RunLog(self.run_dir, tensorboard=self.context.is_main) if self.context.is_main else None
+        self.start_epoch, self.best_metric, self.best_epoch, self.stale_validations = 0, None, None, 0
+        if resume:
+            self._resume()
+        elif self.context.is_main:
+            dump_config(config, self.run_dir / CONFIG_FILE, header=f"resolved config of the run in {self.run_dir}")
+
+    # ------------------------------------------------------------------ data
+    def _cache_dir(self) -> Path:
+        return Path(self.config.data.cache_dir) if self.config.data.cache_dir else self.run_dir / "cache"
+
+    def _split_cases(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        data = self.config.data
+        if not data.root:
+            raise ConfigError("data.root is empty; set it to the dataset folder (volseg plan writes it)")
+        dataset = find_cases(data.root, layout=data.layout)
+        if data.fold == -1:
+            return items_from_cases(dataset.cases), []
+        splits = Path(data.splits_file) if data.splits_file else self.run_dir / SPLITS_FILE
+        if splits.exists():
+            folds = load_folds(splits)
+        else:
+            folds = make_folds(dataset.case_ids, data.num_folds, seed=12345)
+            if self.context.is_main:
+                save_folds(folds, splits)
+        train_ids, val_ids = split_for_fold(folds, data.fold)
+        by_id = {case.case_id: case for case in dataset.cases}
+        missing = sorted(set(train_ids + val_ids) - set(by_id))
+        if missing:
+            raise ConfigError(f"{splits} names cases that {data.root} lacks: {', '.join(missing[:10])}")
+        return items_from_cases(by_id[i] for i in train_ids), items_from_cases(by_id[i] for i in val_ids)
+
+    def _loader(self, epoch: int) -> DataLoader:
+        """This epoch's batches: the sample order and augmentation depend on (seed, epoch, rank) only."""
+        config, rank = self.config, self.context.rank
+        seed = _seed_for(config.training.seed, epoch, rank)
+        generator = torch.Generator().manual_seed(seed)
+        samples = config.training.iterations_per_epoch * config.sampling.batch_size
+        sampler = RandomSampler(self.train_dataset, replacement=True, num_samples=samples, generator=generator)
+        set_rnd(self.train_dataset, seed % 2**32)
+        workers = config.data.num_workers
+        return DataLoader(
+            self.train_dataset,
+            batch_size=config.sampling.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            worker_init_fn=functools.partial(_seed_worker, seed=seed) if workers else None,
+            pin_memory=self.context.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    # ---------------------------------------------------------------- resume
+    def _resume(self) -> None:
+        checkpoint = load_checkpoint(self.run_dir / LAST, map_location=self.context.device)
+        training = checkpoint.get("training")
+        if training is None:
+            raise ConfigError(f"{self.run_dir / LAST} holds no training state; it cannot be resumed")
+        self.network.load_state_dict(checkpoint["state_dict"])
+        self.optimizer.load_state_dict(training["optimizer"])
+        if self.scaler is not None and training.get("scaler"):
+            self.scaler.load_state_dict(training["scaler"])
+        restore_rng_state(training["rng"])
+        self.start_epoch = training["epoch"] + 1
+        self.best_metric, self.best_epoch = training.get("best_metric"), training.get("best_epoch")
+        self.stale_validations = training.get("stale_validations", 0)
+        if self.log is not None:
+            self.log.restore(training.get("history", []))
+            dump_config(self.config, self.run_dir / CONFIG_FILE, header=f"resolved config of the run in {self.run_dir}")
+        logger.info("resuming %s at epoch %d of %d", self.run_dir, self.start_epoch + 1, self.config.training.epochs)
+
+    def _save(self, epoch: int, metrics: dict[str, Any], is_best: bool) -> None:
+        if not self.context.is_main:
+            return
+        training = {
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "rng": capture_rng_state(),
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "stale_validations": self.stale_validations,
+            "history": self.log.history if self.log else [],
+        }
+        checkpoint = build_checkpoint(self.model, self.config, metrics=metrics, training=training)
+        save_checkpoint(checkpoint, self.run_dir / LAST)
+        if is_best:
+            save_checkpoint({k: v for k, v in checkpoint.items() if k != "training"}, self.run_dir / BEST)
+
+    # ------------------------------------------------------------------ loop
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One epoch of ``iterations_per_epoch`` steps; returns the mean loss and timing."""
+        self.model.train()
+        steps, device = self.config.training.iterations_per_epoch, self.context.device
+        total_loss, waited, started = 0.0, 0.0, time.perf_counter()
+        bar = self.progress_bar(total=steps, desc=f"epoch {epoch + 1}/{self.config.training.epochs}", leave=False) \
+            if self.progress_bar else None
+        batches = iter(self._loader(epoch))
+        for step in range(steps):
+            before = time.perf_counter()
+            batch = next(batches)
+            waited += time.perf_counter() - before
+            images = batch["image"].to(device, non_blocking=True)
+            labels = batch["label"].to(device, non_blocking=True)
+            lr = self.schedule.apply(self.optimizer, epoch * steps + step)
+            loss = self._step(images, labels)
+            total_loss += loss
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        elapsed = time.perf_counter() - started
+        mean_loss = torch.tensor([total_loss / steps], device=device)
+        if self.context.enabled:
+            torch.distributed.all_reduce(mean_loss)
+            mean_loss /= self.context.world_size
+        return {"train_loss": float(mean_loss.item()), "lr": lr, "epoch_seconds": elapsed, "data_wait": waited / elapsed}
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        enabled = self.autocast_dtype is not None
+        with torch.autocast(self.context.device.type, dtype=self.autocast_dtype, enabled=enabled):
+            outputs = self.model(images)
+            loss = self.loss(outputs, labels)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"the training loss became {loss.item()}; lower optimizer.lr or check the data")
+        clip = self.config.optimizer.grad_clip
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            if clip:
+                torch.nn.utils.clip_grad_norm_(self.network.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(self.network.parameters(), clip)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach().item())
+
+    def fit(self, until_epoch: int | None = None) -> TrainResult:
+        """Train to ``training.epochs`` (or early stopping); returns the run's summary.
+
+        ``until_epoch`` stops after that epoch, as an interruption would, with the schedule
+        of the full run: ``--resume`` later continues exactly where it stopped.
+        """
+        config, epoch = self.config, self.start_epoch - 1
+        last = config.training.epochs if until_epoch is None else min(until_epoch, config.training.epochs)
+        for epoch in range(self.start_epoch, last):
+            row: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+            is_best = False
+            if self.val_dataset is not None and (epoch + 1) % config.training.val_every == 0:
+                scores = validate(self.network, self.val_dataset, config, self.context, self.autocast_dtype)
+                row.update({f"val_{key}": value for key, value in scores.items()})
+                metric = scores["dice_mean"]
+                if self.best_metric is None or (not math.isnan(metric) and metric > self.best_metric):
+                    self.best_metric, self.best_epoch, is_best, self.stale_validations = metric, epoch + 1, True, 0
+                else:
+                    self.stale_validations += 1
+            if self.log is not None:
+                self.log.record(row)
+            logger.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
+            self._save(epoch, {k: v for k, v in row.items() if k.startswith("val_")}, is_best or self.val_dataset is None)
+            barrier(self.context)
+            if config.training.early_stopping and self.stale_validations >= config.training.early_stopping:
+                logger.info("early stopping: %d validations without improvement", self.stale_validations)
+                break
+        if self.log is not None:
+            self.log.close()
+        history = self.log.history if self.log else []
+        return TrainResult(self.run_dir, epoch + 1, self.best_metric, self.best_epoch, history)
+
+
+def train(config: Config, run_dir: str | Path, *, until_epoch: int | None = None, **options: Any) -> TrainResult:
+    """Train ``config`` into ``run_dir`` (see :class:`Trainer` for the options and
+    :meth:`Trainer.fit` for ``until_epoch``)."""
+    return Trainer(config, run_dir, **options).fit(until_epoch)

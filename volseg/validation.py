@@ -1,0 +1,86 @@
+"""Validation during training: whole preprocessed volumes, sliding window, Dice per class or region."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from monai.metrics import compute_dice
+
+from volseg.config import Config
+from volseg.distributed import DistributedContext, all_reduce_sum
+from volseg.inference import sliding_window_inference
+
+_AUTOCAST_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def logits_to_masks(logits: torch.Tensor, regions: bool) -> torch.Tensor:
+    """(N, K, *S) logits to (N, K, *S) binary masks: sigmoid > 0.5 per region, or one-hot argmax."""
+    if regions:
+        return (logits > 0).float()
+    indices = logits.argmax(dim=1)
+    return torch.nn.functional.one_hot(indices, logits.shape[1]).movedim(-1, 1).float()
+
+
+def target_masks(label: torch.Tensor, num_outputs: int, regions: bool) -> torch.Tensor:
+    """(N, 1, *S) class indices or (N, R, *S) regions to (N, K, *S) binary masks."""
+    if regions:
+        return (label > 0.5).float()
+    return torch.nn.functional.one_hot(label[:, 0].long(), num_outputs).movedim(-1, 1).float()
+
+
+def structure_names(config: Config) -> list[str]:
+    """Names of the validated structures: the regions, or the labels without background."""
+    if config.data.regions:
+        return list(config.data.regions)
+    return [config.data.labels[value] for value in sorted(config.data.labels)][1:]
+
+
+def validate(
+    network: torch.nn.Module,
+    dataset: Any,
+    config: Config,
+    context: DistributedContext,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Mean Dice per structure over the validation cases (split across processes) and their mean.
+
+    A structure empty in both the reference and the prediction of a case counts as Dice 1;
+    empty in only one of them as 0.
+    """
+    regions = bool(config.data.regions)
+    names = structure_names(config)
+    roi = config.inference.roi_size or config.sampling.patch_size
+    totals = torch.zeros(len(names), dtype=torch.float64)
+    network.eval()
+    for index in range(context.rank, len(dataset), context.world_size):
+        item = dataset[index]
+        image = torch.as_tensor(item["image"]).unsqueeze(0).float()
+        logits = sliding_window_inference(
+            network,
+            image,
+            roi,
+            overlap=config.inference.overlap,
+            blend=config.inference.blend,
+            sw_batch_size=config.inference.sw_batch_size,
+            device=context.device,
+            output_device="cpu",
+            autocast=_AUTOCAST_NAMES.get(autocast_dtype),
+        )
+        predicted = logits_to_masks(logits, regions)
+        reference = target_masks(torch.as_tensor(item["label"]).unsqueeze(0), logits.shape[1], regions)
+        if not regions:
+            predicted, reference = predicted[:, 1:], reference[:, 1:]
+        dice = compute_dice(predicted, reference, include_background=True, ignore_empty=False)[0]
+        both_empty = (predicted.sum(dim=tuple(range(2, predicted.ndim))) == 0)[0] & (
+            reference.sum(dim=tuple(range(2, reference.ndim))) == 0
+        )[0]
+        dice = torch.where(both_empty, torch.ones_like(dice), torch.nan_to_num(dice, nan=0.0))
+        totals += dice.double().cpu()
+    counts = torch.tensor([float(len(range(context.rank, len(dataset), context.world_size)))], dtype=torch.float64)
+    totals, counts = all_reduce_sum(totals.to(context.device), context).cpu(), all_reduce_sum(counts.to(context.device), context).cpu()
+    means = (totals / counts.clamp_min(1)).tolist()
+    scores = {f"dice_{name}": value for name, value in zip(names, means)}
+    scores["dice_mean"] = float(sum(means) / len(means)) if means else math.nan
+    return scores
