@@ -80,7 +80,7 @@ class SegNet(SegmentationNetwork):
         trail = []
         for block, pool in zip(self.encoder, self.pools):
             x = block(x)
-            size = x.shape[2:]
+            size = [int(s) for s in x.shape[2:]]  # plain ints: tracing (ONNX export) fails on tensor sizes
             x, indices = pool(x)
             trail.append((indices, size))
         for stage in reversed(range(len(self.encoder))):

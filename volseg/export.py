@@ -1,0 +1,431 @@
+"""Describe a checkpoint (``volseg info``) and export its network to ONNX or TorchScript.
+
+An export folder holds the network (``model.onnx`` or ``model.ts``) and ``model.json``:
+everything needed to run it without volseg (channel order, label values, activation,
+preprocessing with its statistics, window size, tensor layout and axis convention).
+
+ONNX goes through PyTorch's TorchScript-based exporter (``dynamo=False``), which needs
+no ``onnxscript``. Batch and spatial axes are made dynamic when the traced network gives
+the same result on a second shape; with ``onnxruntime`` installed, the ONNX file itself
+is checked against PyTorch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import inspect
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from volseg._version import __version__
+from volseg.atomic import atomic_target, write_text
+from volseg.checkpoint import check_checkpoint, checkpoint_config, model_from_checkpoint
+from volseg.config import Config
+from volseg.errors import CheckpointError, ConfigError, OutputError, OutputExistsError, ShapeError, VolsegError
+from volseg.inference import SIGMA_SCALE
+from volseg.nn import SegmentationNetwork
+from volseg.nn.registry import model_entry, to_json
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMAT = "volseg-export"
+EXPORT_FORMAT_VERSION = 1
+FORMATS = ("onnx", "torchscript")
+FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+#: Opsets of PyTorch's TorchScript-based ONNX exporter.
+ONNX_OPSETS = range(9, 21)
+_TOLERANCE = 1e-3  # relative to the largest |logit|: baked-in sizes miss by far more
+_NETWORK_KEYS = ("name", "spatial_dims", "in_channels", "num_classes")
+_DYNAMIC_LEVELS: tuple[tuple[str, ...], ...] = (("batch", "spatial"), ("batch",), ())
+
+
+# ----------------------------------------------------------------------------- describe
+
+
+def describe_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-able summary of a checkpoint: versions, network, inputs, outputs, preprocessing,
+    inference defaults, metrics, training state and weights dtype."""
+    checkpoint = check_checkpoint(checkpoint)
+    config = checkpoint_config(checkpoint)
+    network = dict(checkpoint["network"])
+    # Built on the CPU: on the meta device torch's first random init costs a second.
+    parameters = sum(p.numel() for p in model_from_checkpoint(checkpoint).parameters())
+    training = checkpoint.get("training")
+    return {
+        "format": checkpoint["format"],
+        "format_version": checkpoint["format_version"],
+        "volseg_version": checkpoint.get("volseg_version"),
+        "created": checkpoint.get("created"),
+        "network": {"name": network.get("name"), "parameters": int(parameters),
+                    "arguments": {k: v for k, v in network.items() if k not in _NETWORK_KEYS}},
+        "spatial_dims": network.get("spatial_dims"),
+        "input_channels": channel_names(config, network.get("in_channels", 1)),
+        "outputs": _outputs(config, network.get("num_classes")),
+        "preprocessing": _preprocessing(config),
+        "inference": _inference(config, default_roi_size(config)),
+        "training_patch_size": list(config.sampling.patch_size),
+        "metrics": _plain(checkpoint.get("metrics") or {}),
+        "training_state": training is not None,
+        "epoch": _plain(training.get("epoch")) if isinstance(training, dict) else None,
+        "weights_dtype": weights_dtype(checkpoint["state_dict"]),
+    }
+
+
+def format_description(description: dict[str, Any]) -> str:
+    """:func:`describe_checkpoint`'s summary as aligned ``key: value`` lines."""
+    d = description
+    net, out, pre, inf = d["network"], d["outputs"], d["preprocessing"], d["inference"]
+    arguments = ", ".join(f"{k}={v}" for k, v in _non_default(net["name"], net["arguments"]).items()) or "defaults"
+    if out["activation"] == "sigmoid":
+        structures = "; ".join(f"{name}={values}" for name, values in out["regions"].items())
+        outputs = f"sigmoid, {len(out['regions'])} regions: {structures}"
+    else:
+        outputs = f"softmax, {len(out['labels'])} labels: " + ", ".join(f"{v} {n}" for v, n in out["labels"].items())
+    intensity = pre["intensity"]["preset"]
+    if intensity == "ct":
+        stats = pre["intensity"]
+        intensity += f" (clip {stats['clip']}, mean {stats['mean']:.4g}, std {stats['std']:.4g})"
+    spacing = "x".join(f"{s:g}" for s in pre["spacing"]) + " mm" if pre["spacing"] else "native"
+    metrics = ", ".join(f"{k}={f'{v:.4g}' if isinstance(v, float) else v}" for k, v in d["metrics"].items()) or "-"
+    state = f"yes (epoch {d['epoch']})" if d["training_state"] else "no (inference only)"
+    rows = [
+        ("format", f"{d['format']} v{d['format_version']}, volseg {d['volseg_version']}"),
+        ("created", d["created"] or "?"),
+        ("network", f"{net['name']} {d['spatial_dims']}D, {net['parameters']:,} parameters"),
+        ("arguments", arguments),
+        ("inputs", f"{len(d['input_channels'])} channels: " + ", ".join(d["input_channels"])),
+        ("outputs", outputs),
+        ("preprocessing", f"{pre['orientation']}, spacing {spacing}, intensity {intensity}"),
+        ("inference", f"roi {'x'.join(map(str, inf['roi_size']))}, overlap {inf['overlap']}, {inf['blend']} blend, "
+                      f"TTA flips {inf['tta_flips'] or 'none'}"),
+        ("metrics", metrics),
+        ("training state", state),
+        ("weights", d["weights_dtype"]),
+    ]
+    width = max(len(key) for key, _ in rows) + 2
+    return "\n".join(f"{key + ':':<{width}}{value}" for key, value in rows)
+
+
+def _non_default(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The network arguments that differ from the registered network's defaults."""
+    try:
+        entry = model_entry(name)
+    except VolsegError:
+        return arguments
+    defaults = {k: p.default for k, p in inspect.signature(entry.builder).parameters.items()}
+    defaults.update(entry.defaults)
+    return {k: v for k, v in arguments.items() if to_json(defaults.get(k, inspect.Parameter.empty)) != v}
+
+
+def weights_dtype(state_dict: dict[str, torch.Tensor]) -> str:
+    """"fp32", "fp16", "bf16" (or e.g. "mixed (fp16, fp32)") from the floating tensors."""
+    names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+    found = sorted({names.get(t.dtype, str(t.dtype)) for t in state_dict.values() if t.is_floating_point()})
+    return (found[0] if len(found) == 1 else f"mixed ({', '.join(found)})") if found else "none"
+
+
+def default_roi_size(config: Config) -> list[int]:
+    """The inference window: ``inference.roi_size``, else the training patch size."""
+    return list(config.inference.roi_size or config.sampling.patch_size)
+
+
+def channel_names(config: Config, in_channels: int) -> list[str]:
+    """Input channel names in network order (``channel0``, ... when the config names none)."""
+    names = list(config.data.channels)
+    if len(names) != in_channels:
+        if names:
+            logger.warning("config names %d channels (%s) but the network takes %d", len(names), names, in_channels)
+        names = ["image"] if in_channels == 1 else [f"channel{i}" for i in range(in_channels)]
+    return names
+
+
+def _outputs(config: Config, num_outputs: int | None) -> dict[str, Any]:
+    labels = {int(v): n for v, n in sorted(config.data.labels.items())}
+    if config.data.regions:
+        outputs = {"activation": "sigmoid", "regions": {k: list(v) for k, v in config.data.regions.items()}}
+    else:
+        outputs = {"activation": "softmax"}
+    expected = len(config.data.regions or labels)
+    if num_outputs is not None and num_outputs != expected:
+        logger.warning("the network has %d outputs but the config describes %d", num_outputs, expected)
+    return {**outputs, "labels": {str(v): n for v, n in labels.items()}, "num_outputs": num_outputs}
+
+
+def _inference(config: Config, roi: Sequence[int]) -> dict[str, Any]:
+    inference = config.inference
+    return {"roi_size": list(roi), "overlap": inference.overlap, "blend": inference.blend,
+            "sw_batch_size": inference.sw_batch_size, "tta_flips": list(inference.tta_flips)}
+
+
+def _preprocessing(config: Config) -> dict[str, Any]:
+    pre = config.preprocessing
+    intensity: dict[str, Any] = {"preset": pre.intensity}
+    if pre.intensity == "ct":
+        intensity.update(clip=list(pre.clip or []), mean=pre.mean, std=pre.std,
+                         rule="x = (clip(x, clip[0], clip[1]) - mean) / std")
+    elif pre.intensity == "mri":
+        intensity["rule"] = "per case and channel: z-score over the non-zero voxels; zero voxels stay 0"
+    return {"order": ["orientation", "crop_foreground", "spacing (linear)", "intensity"],
+            "orientation": pre.orientation.upper(), "crop_foreground": pre.crop_foreground,
+            "spacing": list(pre.spacing) if pre.spacing else None, "intensity": intensity}
+
+
+def _plain(value: Any) -> Any:
+    """Tensors, arrays and numpy scalars as JSON values; non-finite floats as None."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export_model(checkpoint: dict[str, Any], out_dir: str | os.PathLike, *, fmt: Literal["onnx", "torchscript"],
+                 roi_size: Sequence[int] | None = None, opset: int = 17, overwrite: bool = False) -> list[Path]:
+    """Write the network (``model.onnx`` / ``model.ts``, float32, eval mode) and ``model.json``
+    into ``out_dir``; returns their paths.
+
+    The network is traced on a (1, C, *roi_size) input; ``roi_size`` defaults to the
+    checkpoint's inference window (else its training patch size). Raises
+    :class:`OutputExistsError` for existing files unless ``overwrite``, :class:`ShapeError`
+    for a window the network cannot take and :class:`CheckpointError` when the network
+    cannot be traced or exported.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"export format {fmt!r} is not valid; allowed: {', '.join(FORMATS)}")
+    if fmt == "onnx" and opset not in ONNX_OPSETS:
+        raise ConfigError(f"opset={opset} is not valid; allowed: {ONNX_OPSETS.start} .. {ONNX_OPSETS.stop - 1}")
+    checkpoint, out_dir = check_checkpoint(checkpoint), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"cannot export into '{out_dir}': it is a file, not a folder")
+    model_path, json_path = out_dir / FILE_NAMES[fmt], out_dir / "model.json"
+    for path in (model_path, json_path):
+        if path.exists() and not overwrite:
+            raise OutputExistsError(f"'{path}' exists; pass --overwrite to replace it")
+
+    config = checkpoint_config(checkpoint)
+    model = model_from_checkpoint(checkpoint)
+    roi = _check_roi(model, roi_size if roi_size is not None else default_roi_size(config))
+    probes = _probe_inputs(model, roi)
+    with torch.no_grad():
+        expected = {name: model(x) for name, x in probes.items()}
+
+    with _quiet_tracing():
+        traced = _trace(model, probes["roi"], fmt)
+        if fmt == "torchscript":
+            dynamic = _first_level(_checker(traced, probes, expected), probes)
+            with atomic_target(model_path) as temporary:
+                torch.jit.save(traced, str(temporary))
+        else:
+            dynamic = _export_onnx(model, model_path, probes, expected, traced, opset)
+    if "batch" not in dynamic:
+        logger.warning("the exported network takes batches of exactly 1")
+    description = export_description(checkpoint, config, model, roi, fmt=fmt, dynamic=dynamic,
+                                     opset=opset if fmt == "onnx" else None)
+    write_text(json_path, json.dumps(description, indent=2) + "\n")
+    logger.info("exported %s (%s, input %s) and %s", model_path, fmt, description["model"]["input_shape"], json_path)
+    return [model_path, json_path]
+
+
+def _check_roi(model: SegmentationNetwork, roi_size: Sequence[int]) -> tuple[int, ...]:
+    roi = tuple(int(r) for r in roi_size)
+    if len(roi) != model.spatial_dims or any(r < 1 for r in roi):
+        raise ShapeError(f"roi_size={list(roi_size)} is not valid; give {model.spatial_dims} positive sizes")
+    try:
+        model.output_shape(roi)
+    except ShapeError as error:
+        raise ShapeError(f"roi_size={list(roi)}: {error}") from None
+    return roi
+
+
+def _probe_inputs(model: SegmentationNetwork, roi: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Random inputs: "roi" (1, C, *roi), "batch" (2, C, *roi), "spatial" (2, C, *another valid shape)."""
+    other = model.nearest_valid_shape([max(1, r // 2) for r in roi], "up")
+    if other is None or other == roi:
+        other = model.nearest_valid_shape([r + 1 for r in roi], "up")
+    generator, channels = torch.Generator().manual_seed(0), model.in_channels
+    shapes = {"roi": (1, channels, *roi), "batch": (2, channels, *roi)}
+    if other is not None:
+        shapes["spatial"] = (2, channels, *other)
+    return {name: torch.randn(shape, generator=generator) for name, shape in shapes.items()}
+
+
+def _trace(model: SegmentationNetwork, example: torch.Tensor, fmt: str) -> torch.jit.ScriptModule:
+    try:
+        with torch.no_grad():
+            return torch.jit.trace(model, (example,), check_trace=False)
+    except Exception as error:  # the tracer fails in many ways (outputs, control flow, unsupported ops)
+        raise CheckpointError(f"the {_name(model)} network cannot be traced "
+                              f"for {fmt} export: {_reason(error)}") from error
+
+
+def _first_level(check: Callable[[str], bool], probes: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    """The most dynamic level (batch + spatial, batch, none) whose probe input passes ``check``."""
+    if not check("roi"):
+        raise CheckpointError("the traced network does not reproduce the PyTorch output on the export shape")
+    return next((level for level in _DYNAMIC_LEVELS[:-1] if level[-1] in probes and check(level[-1])), ())
+
+
+def _checker(run: Callable[[torch.Tensor], torch.Tensor], probes: dict[str, torch.Tensor],
+             expected: dict[str, torch.Tensor]) -> Callable[[str], bool]:
+    """``check(name)``: whether ``run`` (a trace or an ONNX session) reproduces PyTorch on probe ``name``."""
+    def check(name: str) -> bool:
+        try:
+            with torch.no_grad():
+                return _close(run(probes[name]), expected[name])
+        except Exception:  # sizes baked into a trace or graph fail inside it
+            return False
+
+    return check
+
+
+def _export_onnx(model: SegmentationNetwork, path: Path, probes: dict[str, torch.Tensor],
+                 expected: dict[str, torch.Tensor], traced: torch.jit.ScriptModule, opset: int) -> tuple[str, ...]:
+    """Write ``path``; returns the dynamic level, checked with onnxruntime when it is installed."""
+    try:
+        import onnxruntime
+    except ImportError:
+        onnxruntime = None
+        logger.warning("onnxruntime is not installed: the ONNX file is not checked (pip install onnxruntime)")
+    levels = _DYNAMIC_LEVELS
+    if onnxruntime is None:  # the traced graph is what the exporter converts: let it pick the level
+        levels = (_first_level(_checker(traced, probes, expected), probes),)
+    spatial = model.spatial_dims
+    with atomic_target(path) as temporary:
+        for level in levels:
+            axes = {0: "batch"} if "batch" in level else {}
+            if "spatial" in level:
+                axes.update({2 + i: f"spatial{i}" for i in range(spatial)})
+            try:
+                torch.onnx.export(model, (probes["roi"],), str(temporary), dynamo=False, opset_version=opset,
+                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes} if axes else None,
+                                  do_constant_folding=True)
+            except Exception as error:  # unsupported operators, tracing failures, ...
+                raise CheckpointError(f"the {_name(model)} network cannot be exported to ONNX "
+                                      f"(opset {opset}): {_reason(error)}; try --format torchscript") from error
+            if onnxruntime is None:
+                return level
+            try:
+                session = onnxruntime.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
+            except Exception as error:  # onnxruntime reports invalid graphs in its own exception types
+                raise CheckpointError(f"onnxruntime cannot load the exported network: {_reason(error)}") from error
+            check = _checker(functools.partial(_run_session, session), probes, expected)
+            if check("roi") and (not level or (level[-1] in probes and check(level[-1]))):
+                return level
+            logger.info("ONNX export with dynamic %s does not match PyTorch; trying fewer dynamic axes",
+                        " and ".join(level))
+        # Raised inside the block, so that the failed file is removed rather than renamed into place.
+        raise CheckpointError("the exported ONNX network does not reproduce the PyTorch output (checked with "
+                              f"onnxruntime {onnxruntime.__version__}); try --format torchscript")
+
+
+def _run_session(session: Any, x: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+    if actual.shape != expected.shape:
+        return False
+    scale = max(1.0, float(expected.abs().max()))
+    return bool((actual.float() - expected.float()).abs().max() <= _TOLERANCE * scale)
+
+
+def _name(model: SegmentationNetwork) -> str:
+    return model.config.get("name") or type(model).__name__
+
+
+def _reason(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0][:300] if lines else 'no message'}"
+
+
+@contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    """Hide the tracer's shape-to-constant warnings (the probes check them) and torch.jit's deprecation notices."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit and the TorchScript-based ONNX exporter
+        warnings.filterwarnings("ignore", message=".*instance_norm.*train=True", category=UserWarning)
+        yield
+
+
+# ----------------------------------------------------------------------------- model.json
+
+
+def export_description(checkpoint: dict[str, Any], config: Config, model: SegmentationNetwork,
+                       roi: tuple[int, ...], *, fmt: str, dynamic: Sequence[str], opset: int | None) -> dict[str, Any]:
+    """The ``model.json`` of an export: how to feed the network and read its output without volseg."""
+    spatial = model.spatial_dims
+    tile = model.output_shape(roi)
+    context = [(r - t) // 2 for r, t in zip(roi, tile)]
+    spatial_names = [f"spatial{i}" if "spatial" in dynamic else r for i, r in enumerate(roi)]
+    batch = "batch" if "batch" in dynamic else 1
+    orientation = config.preprocessing.orientation.upper()
+    outputs = _outputs(config, model.num_classes)
+    if outputs["activation"] == "softmax":
+        values = sorted(int(v) for v in config.data.labels)
+        outputs["channels"] = [{"index": i, "label": v, "name": config.data.labels[v]} for i, v in enumerate(values)]
+        outputs["decode"] = "label map = channels[argmax over axis 1].label"
+    else:
+        outputs["channels"] = [{"index": i, "name": k, "label_values": list(v)}
+                               for i, (k, v) in enumerate(config.data.regions.items())]
+        outputs["decode"] = ("region r is present where sigmoid(logit r) > 0.5; label map = region_lookup[code], "
+                             "code = sum over r of (region r present) << r")
+        outputs["region_lookup"] = _region_lookup(config.data.regions)
+    axes = (f"spatial axis i of the input is voxel axis i of the image reoriented to {orientation} "
+            f"(nibabel/MONAI axis codes: the index grows toward {', '.join(orientation)})")
+    if spatial == 2:
+        axes += f"; 2D: each input is one slice along the last axis ({orientation[2]}), H and W the first two"
+    return {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_FORMAT_VERSION,
+        "volseg_version": __version__,
+        "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": {"created": checkpoint.get("created"), "volseg_version": checkpoint.get("volseg_version"),
+                   "metrics": _plain(checkpoint.get("metrics") or {})},
+        "model": {
+            "file": FILE_NAMES[fmt], "format": fmt, "opset": opset, "dtype": "float32",
+            "network": model.config.get("name"), "arguments": {k: v for k, v in model.config.items() if k != "name"},
+            "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+            "input_shape": [batch, model.in_channels, *spatial_names],
+            "output_shape": [batch, model.num_classes, *("?" if "spatial" in dynamic else t for t in tile)],
+            "dynamic_axes": list(dynamic), "size_rule": model.size_rule(),
+        },
+        "tensor_layout": "NCDHW" if spatial == 3 else "NCHW",
+        "axis_convention": axes,
+        "input_channels": channel_names(config, model.in_channels),
+        "outputs": outputs,
+        "preprocessing": _preprocessing(config),
+        "inference": {**_inference(config, roi), "output_size": list(tile), "context": context,
+                      "gaussian_sigma_scale": SIGMA_SCALE, "slice_axis": 2 if spatial == 2 else None},
+    }
+
+
+def _region_lookup(regions: dict[str, list[int]]) -> list[int]:
+    """Label value for each region-membership code 0 .. 2**R - 1 (bit r: region r present)."""
+    from volseg.data.transforms import regions_to_labels  # MONAI-heavy: only for region models
+
+    count = len(regions)
+    codes = np.arange(1 << count)
+    masks = np.stack([(codes >> r) & 1 for r in range(count)]).astype(bool)
+    return [int(v) for v in regions_to_labels(masks, regions)]
