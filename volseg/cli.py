@@ -8,19 +8,13 @@ its message as one line and exits with code 2 (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from pathlib import Path
-
-from tqdm import tqdm
-
+from volseg import commands
 from volseg._version import __version__
-from volseg.errors import ConfigError, InputFileError, OutputExistsError, VolsegError
-
-logger = logging.getLogger("volseg")
+from volseg.errors import VolsegError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -37,83 +31,6 @@ def _common_options(for_subcommand: bool) -> argparse.ArgumentParser:
     return parser
 
 
-def _models_command(args: argparse.Namespace) -> int:
-    from volseg.nn.registry import describe_model, list_models, model_entry
-
-    if args.name is None:
-        width = max(len(name) for name in list_models())
-        for name in list_models():
-            print(f"{name:<{width}}  {model_entry(name).summary}")
-        return 0
-    description = describe_model(args.name, args.dims, args.in_channels, args.classes)
-    print(json.dumps(description, indent=2))
-    return 0
-
-
-def _plan_command(args: argparse.Namespace) -> int:
-    from volseg.atomic import write_text
-    from volseg.config import dump_config
-    from volseg.data.planner import plan_dataset, plan_summary
-
-    outputs = [Path(p) for p in (args.output, args.fingerprint) if p is not None]
-    check_outputs_free(outputs, args.overwrite)
-    with tqdm(desc="fingerprint", unit="case", disable=args.quiet, file=sys.stderr, delay=0.5) as bar:
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        config, fingerprint = plan_dataset(
-            args.data,
-            layout=args.layout,
-            spatial_dims=args.dims,
-            device=args.device,
-            memory_gb=args.memory_gb,
-            num_workers=args.workers,
-            progress=progress,
-        )
-    text = dump_config(config, args.output, header=plan_summary(fingerprint, config, args.device))
-    if args.fingerprint:
-        write_text(args.fingerprint, json.dumps(fingerprint.to_dict(), indent=1) + "\n")
-    if args.output is None:
-        print(text, end="")
-    else:
-        logger.info("wrote %s", args.output)
-    return 0
-
-
-def _train_command(args: argparse.Namespace) -> int:
-    from volseg.config import load_config
-    from volseg.training import CONFIG_FILE, train
-
-    overrides = list(args.set or [])
-    if args.fold is not None:
-        overrides.append(f"data.fold={args.fold}")
-    if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise InputFileError(f"{run_dir} is not a volseg run folder (no {CONFIG_FILE}); nothing to resume")
-        config = load_config(run_dir / CONFIG_FILE, overrides)
-    elif args.config:
-        config = load_config(args.config, overrides)
-        fold = "all" if config.data.fold == -1 else str(config.data.fold)
-        run_dir = Path(args.output) if args.output else Path("runs") / Path(args.config).stem / f"fold_{fold}"
-    else:
-        raise ConfigError("give a CONFIG file to start a run, or --resume RUN_DIR to continue one")
-    result = train(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite, until_epoch=args.until_epoch,
-                   progress_bar=None if args.quiet else tqdm)
-    best = "no validation" if result.best_metric is None else f"best mean Dice {result.best_metric:.4f} at epoch {result.best_epoch}"
-    logger.info("finished %d epochs in %s: %s", result.epochs_run, result.run_dir, best)
-    return 0
-
-
-def check_outputs_free(paths: Sequence[Path], overwrite: bool) -> None:
-    """Refuse, before any work, to replace existing outputs unless ``--overwrite``."""
-    for path in paths:
-        if path.exists() and not overwrite:
-            raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; each subcommand stores its handler in ``handler``."""
     parser = argparse.ArgumentParser(
@@ -122,17 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[_common_options(for_subcommand=False)],
     )
     parser.add_argument("--version", action="version", version=f"volseg {__version__}")
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    subcommands = parser.add_subparsers(title="commands", metavar="COMMAND")
     common = _common_options(for_subcommand=True)
 
-    models = commands.add_parser("models", parents=[common], help="list the network architectures volseg can build")
+    models = subcommands.add_parser("models", parents=[common], help="list the network architectures volseg can build")
     models.add_argument("name", nargs="?", help="describe this network: its arguments and parameter count")
     models.add_argument("--dims", type=int, default=3, help="spatial dimensions, 2 or 3 (default 3)")
     models.add_argument("--in-channels", type=int, default=1, help="input channels (default 1)")
     models.add_argument("--classes", type=int, default=2, help="output classes (default 2)")
-    models.set_defaults(handler=_models_command)
+    models.set_defaults(handler=commands.models_command)
 
-    plan = commands.add_parser(
+    plan = subcommands.add_parser(
         "plan", parents=[common], help="propose a training config from a dataset's fingerprint"
     )
     plan.add_argument("data", help="dataset folder: MSD, nnU-Net raw, BraTS or images/ + labels/")
@@ -144,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--workers", type=int, default=2, help="processes reading cases (default 2)")
     plan.add_argument("--fingerprint", help="also write the dataset fingerprint as JSON here")
     plan.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    plan.set_defaults(handler=_plan_command)
+    plan.set_defaults(handler=commands.plan_command)
 
-    train = commands.add_parser("train", parents=[common], help="train a network from a YAML config")
+    train = subcommands.add_parser("train", parents=[common], help="train a network from a YAML config")
     train.add_argument("config", nargs="?", help="the run's YAML config (volseg plan writes one)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. training.epochs=50")
     train.add_argument("-o", "--output", help="run folder (default runs/<config name>/fold_<k>)")
@@ -154,7 +71,49 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument("--until-epoch", type=int, metavar="N", help="stop after epoch N (continue later with --resume)")
     train.add_argument("--overwrite", action="store_true", help="start again in a run folder that holds a run")
-    train.set_defaults(handler=_train_command)
+    train.set_defaults(handler=commands.train_command)
+
+    predict = subcommands.add_parser("predict", parents=[common], help="segment volumes with a trained or bundled model")
+    predict.add_argument("-m", "--model", required=True, help="checkpoint file or bundled model name (e.g. hippocampus)")
+    predict.add_argument("-i", "--input", required=True, help="volume file, folder of cases, BraTS case folder or DICOM series")
+    predict.add_argument("-o", "--output", required=True, help="output file (one case) or folder")
+    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto picks CUDA when present")
+    predict.add_argument("--overlap", type=float, help="sliding-window overlap (default: the model's, usually 0.5)")
+    predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                         help="mirror test-time augmentation (default: on with CUDA, off on CPU)")
+    predict.add_argument("--batch", type=int, help="windows per network call (default: the model's)")
+    predict.add_argument("--save-probabilities", action="store_true", help="also write class probabilities (4D)")
+    predict.add_argument("--uncertainty", nargs="?", const="entropy", choices=("entropy", "tta-variance"),
+                         help="also write a voxel-wise uncertainty map (default entropy)")
+    predict.add_argument("--largest-component", action="store_true", help="keep each label's largest connected component")
+    predict.add_argument("--min-size", type=float, metavar="ML", help="remove connected components smaller than ML millilitres")
+    predict.add_argument("--stats", action="store_true", help="print and write per-label volumes and component counts")
+    predict.add_argument("--preview", action="store_true", help="write a PNG of three orthogonal slices with the labels")
+    predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.set_defaults(handler=commands.predict_command)
+
+    evaluate = subcommands.add_parser("evaluate", parents=[common], help="compare predictions with reference labels")
+    evaluate.add_argument("prediction", help="predicted label file or folder")
+    evaluate.add_argument("reference", help="reference label file or folder")
+    structures = evaluate.add_mutually_exclusive_group()
+    structures.add_argument("--labels", help="label values to score, e.g. 1,2 (default: every non-zero value)")
+    structures.add_argument("--regions", help="named regions: brats (2018-2021 or 2023+ from the labels), brats2021, brats2023")
+    evaluate.add_argument("--tolerance", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
+    evaluate.add_argument("-o", "--output", help="write a CSV report (per case and summary)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    evaluate.set_defaults(handler=commands.evaluate_command)
+
+    info = subcommands.add_parser("info", parents=[common], help="show what a checkpoint contains")
+    info.add_argument("model", help="checkpoint file or bundled model name")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(handler=commands.info_command)
+
+    export = subcommands.add_parser("export", parents=[common], help="export a model to ONNX or TorchScript")
+    export.add_argument("model", help="checkpoint file or bundled model name")
+    export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default onnx")
+    export.add_argument("-o", "--output", required=True, help="output folder")
+    export.add_argument("--overwrite", action="store_true", help="replace existing files")
+    export.set_defaults(handler=commands.export_command)
     return parser
 
 

@@ -102,7 +102,7 @@ class Dataset:
         return everything[case_id]
 
 
-def _split_ext(name: str) -> tuple[str, str] | None:
+def split_volume_name(name: str) -> tuple[str, str] | None:
     """``("stem", ".nii.gz")`` for a supported volume file name, else None."""
     ext = next((e for e in EXTENSIONS if name.lower().endswith(e) and len(name) > len(e)), None)
     return (name[: -len(ext)], name[-len(ext) :]) if ext else None
@@ -115,7 +115,7 @@ def _visible(folder: Path) -> list[Path]:
 
 def _volumes(folder: Path) -> list[tuple[str, Path]]:
     """``(stem, path)`` of every volume file in ``folder`` (none if it does not exist)."""
-    found = [(_split_ext(p.name), p) for p in _visible(folder) if p.is_file()]
+    found = [(split_volume_name(p.name), p) for p in _visible(folder) if p.is_file()]
     return [(parts[0], p) for parts, p in found if parts]
 
 
@@ -180,7 +180,7 @@ def _finish(root: Path, layout: str, cases: list[Case], tests: list[Case], probl
         raise InputFileError(f"{root}: no cases found in this {layout} dataset; found {_describe(root)}")
     if not cases:
         logger.warning("%s has no labelled cases, only %d unlabelled ones", root, len(tests))
-    endings = Counter(parts[1] for c in (*cases, *tests) for p in c.images if (parts := _split_ext(p.name)))
+    endings = Counter(parts[1] for c in (*cases, *tests) for p in c.images if (parts := split_volume_name(p.name)))
     info.setdefault("file_ending", endings.most_common(1)[0][0] if endings else ".nii.gz")
     logger.info("%s: %d labelled and %d unlabelled cases, layout %s", root, len(cases), len(tests), layout)
     by_id = lambda c: c.case_id  # noqa: E731
@@ -234,7 +234,7 @@ def _msd_entries(root: Path, entries: Any, n: int, problems: _Problems, *, label
             problems.append((f"entry {i}", f"no image path in dataset.json entry {entry!r}"))
             continue
         paths = tuple(root / p for p in images)
-        case_id = (_split_ext(paths[0].name) or (paths[0].name,))[0]
+        case_id = (split_volume_name(paths[0].name) or (paths[0].name,))[0]
         problems += [(case_id, f"image {p} listed in dataset.json does not exist") for p in images
                      if not (root / p).is_file()]
         if len(paths) > 1 and len(paths) != n:
@@ -301,21 +301,22 @@ def _nnunet_images(folder: Path, ending: str, n: int, problems: _Problems) -> di
     return _group_channels([(s, p) for s, p in items if _CHANNEL_SUFFIX.match(s)], n, folder.name, problems)[0]
 
 
+def brats_case_files(folder: Path) -> dict[str, list[tuple[str, Path]]]:
+    """The BraTS files directly in ``folder``: naming convention -> ``(channel or "seg", path)``."""
+    found = defaultdict(list)
+    for p, (convention, pattern) in ((p, item) for p in _visible(folder) for item in _BRATS_FILE.items()):
+        if (match := pattern.match(p.name)) and p.is_file():
+            found[convention].append((match[2], p))
+    return found
+
+
 def _brats_folders(root: Path) -> dict[Path, dict[str, list[tuple[str, Path]]]]:
     """Case folder -> naming convention -> ``(channel or "seg", path)``, one or two levels down
     (two as in BraTS 2018's ``HGG/`` and ``LGG/``)."""
-
-    def brats_files(folder: Path) -> dict[str, list[tuple[str, Path]]]:
-        found = defaultdict(list)
-        for p, (convention, pattern) in ((p, item) for p in _visible(folder) for item in _BRATS_FILE.items()):
-            if (match := pattern.match(p.name)) and p.is_file():
-                found[convention].append((match[2], p))
-        return found
-
     folders = {}
     for sub in (p for p in _visible(root) if p.is_dir()):
-        inner = [sub] if brats_files(sub) else [p for p in _visible(sub) if p.is_dir()]
-        folders |= {f: found for f in inner if (found := brats_files(f))}
+        inner = [sub] if brats_case_files(sub) else [p for p in _visible(sub) if p.is_dir()]
+        folders |= {f: found for f in inner if (found := brats_case_files(f))}
     return folders
 
 

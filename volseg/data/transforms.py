@@ -103,10 +103,12 @@ class LoadVolumed(MapTransform):
         d = dict(data)
         case = _case_name(d)
         paths = d[IMAGE]
-        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        paths = [paths] if isinstance(paths, (str, os.PathLike, vio.Volume)) else list(paths)
         if not paths:
             raise InputFileError(f"case {case}: no image files")
-        volumes = [vio.read_volume(p) for p in paths]
+        # Volumes already read (e.g. by the predictor, which keeps their headers) are used as they are.
+        volumes = [p if isinstance(p, vio.Volume) else vio.read_volume(p) for p in paths]
+        paths = [v.path if v.path is not None else f"{case} channel {i}" for i, v in enumerate(volumes)]
         first = volumes[0]
         for volume in volumes:
             if volume.spatial_dims != 3:

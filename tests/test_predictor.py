@@ -1,0 +1,166 @@
+"""Prediction lands on the input's exact grid, for every orientation and spacing; folder runs resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import nibabel as nib
+import pytest
+import torch
+
+from volseg.checkpoint import build_checkpoint, save_checkpoint
+from volseg.cli import main
+from volseg.config import config_from_dict
+from volseg.errors import OutputExistsError, ShapeError
+from volseg.io import read_volume
+from volseg.nn import SegmentationNetwork, create_model
+from volseg.predictor import Predictor
+
+
+class ThresholdNet(SegmentationNetwork):
+    """Class 1 where channel 0 is positive: the right answer is known on any grid."""
+
+    def __init__(self, in_channels: int = 1) -> None:
+        super().__init__(3, in_channels, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([-x[:, :1], x[:, :1]], dim=1) * 10
+
+
+def config_for(spacing=None, **sections):
+    values = {
+        "data": {"labels": {0: "background", 1: "positive"}, "channels": ["image"]},
+        "preprocessing": {"orientation": "RAS", "spacing": spacing, "intensity": "none", "crop_foreground": True},
+        "sampling": {"patch_size": [16, 16, 16]},
+    }
+    values.update(sections)
+    return config_from_dict(values)
+
+
+def rotation(degrees: float) -> np.ndarray:
+    angle = np.deg2rad(degrees)
+    return np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+
+
+AFFINES = {
+    "RAS": np.diag([1.0, 1.0, 1.0, 1.0]),
+    "LPS": np.diag([-1.0, -1.0, 1.0, 1.0]),
+    "LAS": np.diag([-0.9, 1.1, 1.3, 1.0]),
+    "anisotropic": np.diag([0.8, 0.8, 3.0, 1.0]),
+    "oblique": np.block([[rotation(20) @ np.diag([1.0, 1.2, 2.0]), np.array([[5.0], [-3.0], [7.0]])], [np.zeros((1, 3)), 1]]),
+    "permuted": np.array([[0, 0, 1.5, 0], [-1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]]),
+}
+
+
+def write_case(path, affine, shape=(23, 19, 13), seed=0, block=1):
+    """Random +-1 in blocks of ``block`` voxels, a box of 2s, and a zero slab at z = 0."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.choice([-1.0, 1.0], size=tuple(-(-s // block) for s in shape))
+    image = np.kron(coarse, np.ones((block,) * 3))[: shape[0], : shape[1], : shape[2]].astype(np.float32)
+    image[3:9, 4:10, 2:6] = 2.0
+    image[:, :, 0] = 0.0  # a zero slab: the foreground crop has something to do
+    nib.save(nib.Nifti1Image(image, affine), str(path))
+    return image
+
+
+@pytest.mark.parametrize("name", list(AFFINES))
+def test_labels_lie_on_the_input_grid_without_resampling(tmp_path, name):
+    image = write_case(tmp_path / "in.nii.gz", AFFINES[name])
+    output = Predictor(ThresholdNet(), config_for()).predict_file(tmp_path / "in.nii.gz", tmp_path / "out.nii.gz")
+    written, source = read_volume(output), read_volume(tmp_path / "in.nii.gz")
+    assert written.array.shape == source.array.shape
+    assert np.allclose(written.affine, source.affine, atol=1e-5)
+    assert np.array_equal(written.array, (image > 0).astype(np.uint8))  # nearest inversion is exact
+
+
+@pytest.mark.parametrize("name", ["LPS", "anisotropic", "oblique"])
+def test_labels_lie_on_the_input_grid_with_resampling(tmp_path, name):
+    image = write_case(tmp_path / "in.nii.gz", AFFINES[name], block=6)  # structures larger than the new voxels
+    output = Predictor(ThresholdNet(), config_for(spacing=[1.1, 0.9, 1.7])).predict_file(
+        tmp_path / "in.nii.gz", tmp_path / "out.nii.gz"
+    )
+    written, source = read_volume(output), read_volume(tmp_path / "in.nii.gz")
+    assert written.array.shape == source.array.shape
+    assert np.allclose(written.affine, source.affine, atol=1e-5)
+    inside = image[:, :, 1:] != 0  # away from the cropped zero slab
+    agreement = (written.array[:, :, 1:] == (image[:, :, 1:] > 0))[inside].mean()
+    assert agreement > 0.9
+
+
+def test_volume_thinner_than_the_window(tmp_path):
+    write_case(tmp_path / "thin.nii.gz", AFFINES["LPS"], shape=(30, 25, 3))
+    output = Predictor(ThresholdNet(), config_for()).predict_file(tmp_path / "thin.nii.gz", tmp_path / "o.nii.gz")
+    assert read_volume(output).array.shape == (30, 25, 3)
+
+
+def test_probabilities_and_uncertainty_on_the_input_grid(tmp_path):
+    write_case(tmp_path / "in.nii.gz", AFFINES["LAS"])
+    predictor = Predictor(ThresholdNet(), config_for())
+    prediction = predictor.predict_volumes([read_volume(tmp_path / "in.nii.gz")], probabilities=True, uncertainty="entropy")
+    assert prediction.probabilities.shape == (23, 19, 13, 2)
+    assert np.allclose(prediction.probabilities.sum(-1)[:, :, 1:], 1.0, atol=1e-5)
+    assert prediction.uncertainty.shape == (23, 19, 13) and prediction.uncertainty.max() <= 1.0
+    variance = predictor.predict_volumes([read_volume(tmp_path / "in.nii.gz")], uncertainty="tta-variance")
+    assert variance.uncertainty.shape == (23, 19, 13) and (variance.uncertainty >= 0).all()
+
+
+def test_wrong_channel_count_is_a_clear_error(tmp_path):
+    write_case(tmp_path / "in.nii.gz", AFFINES["RAS"])
+    predictor = Predictor(ThresholdNet(in_channels=4), config_for())
+    with pytest.raises(ShapeError, match="takes 4 channels"):
+        predictor.predict_file(tmp_path / "in.nii.gz", tmp_path / "o.nii.gz")
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_array_input():
+    image = np.where(np.arange(16 * 16 * 8).reshape(16, 16, 8) % 3 == 0, 1.0, -1.0).astype(np.float32)
+    labels = Predictor(ThresholdNet(), config_for(data={"labels": {0: "bg", 1: "fg"}, "channels": []})).predict(image)
+    assert np.array_equal(labels, (image > 0).astype(np.uint8))
+
+
+def test_folder_runs_skip_finished_cases_and_refuse_overwrites(tmp_path):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for index in range(3):
+        write_case(cases / f"case{index}.nii.gz", AFFINES["RAS"], seed=index)
+    predictor = Predictor(ThresholdNet(), config_for())
+    outputs = predictor.predict_folder(cases, tmp_path / "out")
+    assert sorted(p.name for p in outputs) == ["case0.nii.gz", "case1.nii.gz", "case2.nii.gz"]
+    outputs[1].unlink()
+    before = outputs[0].stat().st_mtime_ns
+    from volseg.segment import segment
+
+    outcomes = segment(predictor, cases, tmp_path / "out")
+    assert [o.skipped for o in outcomes] == [True, False, True] and outputs[0].stat().st_mtime_ns == before
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        predictor.predict_file(cases / "case0.nii.gz", outputs[0])
+    predictor.predict_file(cases / "case0.nii.gz", outputs[0], overwrite=True)
+
+
+def test_cli_predict_writes_every_output(tmp_path, capsys):
+    network = create_model("unet", 3, 1, 2, features=[4, 8])
+    checkpoint = save_checkpoint(build_checkpoint(network, config_for()), tmp_path / "model.pt")
+    write_case(tmp_path / "in.nii.gz", AFFINES["LPS"])
+    out = tmp_path / "out" / "seg.nii.gz"
+    argv = ["predict", "-m", str(checkpoint), "-i", str(tmp_path / "in.nii.gz"), "-o", str(out), "--stats", "--preview",
+            "--save-probabilities", "--uncertainty", "--largest-component", "--quiet"]
+    assert main(argv) == 0
+    names = sorted(p.name for p in out.parent.iterdir())
+    assert names == ["seg.nii.gz", "seg_preview.png", "seg_probabilities.nii.gz", "seg_stats.json", "seg_uncertainty.nii.gz"]
+    assert "positive" in capsys.readouterr().out
+    assert main(argv) == 2  # exists without --overwrite
+    assert main(["predict", "-m", "no-such-model", "-i", str(tmp_path / "in.nii.gz"), "-o", str(out)]) == 2
+
+
+def test_an_interrupted_case_with_side_outputs_is_redone(tmp_path):
+    """Side files written before an interruption (labels missing) do not block the rerun."""
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    write_case(cases / "a.nii.gz", AFFINES["RAS"])
+    predictor = Predictor(ThresholdNet(), config_for())
+    from volseg.segment import OutputOptions, segment
+
+    options = OutputOptions(stats=True, preview=True)
+    first = segment(predictor, cases, tmp_path / "out", options)[0]
+    first.labels_path.unlink()  # as if killed after the side outputs, before the labels
+    again = segment(predictor, cases, tmp_path / "out", options)[0]
+    assert not again.skipped and again.labels_path.exists()

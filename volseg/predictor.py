@@ -1,0 +1,225 @@
+"""Segment new images with a trained model: preprocess as in training, window, invert, write.
+
+``Predictor.from_checkpoint(path_or_bundled_name)`` rebuilds the network and its
+preprocessing from the checkpoint alone. Every output lies on its input's grid (same
+shape and affine): predictions made on the reoriented, resampled and cropped grid are
+brought back by MONAI's inverses of exactly those operations.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from volseg.bundled import resolve_model
+from volseg.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+from volseg.config import Config
+from volseg.data.transforms import class_indices_to_labels, inference_transforms, invert_to_input, regions_to_labels
+from volseg.distributed import resolve_device
+from volseg.errors import ConfigError, ShapeError
+from volseg.inference import flip_combinations, sliding_window_inference
+from volseg.io import Volume, read_volume
+from volseg.nn import SegmentationNetwork
+
+logger = logging.getLogger(__name__)
+
+UNCERTAINTY_MODES = ("entropy", "tta-variance")
+
+
+@dataclass
+class Prediction:
+    """One segmented case, on the grid of ``reference`` (its first input channel).
+
+    ``labels`` (*S) in the dataset's label values; ``probabilities`` (*S, K) (softmax classes or
+    sigmoid regions) and ``uncertainty`` (*S) when asked for.
+    """
+
+    case_id: str
+    labels: np.ndarray
+    reference: Volume
+    probabilities: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Predictor:
+    """A network with the preprocessing and inference settings it was trained with.
+
+    Args:
+        network: the trained network.
+        config: its run config (labels/regions, channels, preprocessing, inference defaults).
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        overlap, sw_batch_size, blend: override the checkpoint's inference defaults.
+        tta: mirror over every spatial axis (default: on with CUDA, off on CPU where it
+            multiplies the time).
+        autocast: ``"fp16"``/``"bf16"`` on CUDA (default bf16 on CUDA, none on CPU).
+        progress: ``progress(done_windows, total_windows)`` for each case.
+    """
+
+    def __init__(
+        self,
+        network: SegmentationNetwork,
+        config: Config,
+        *,
+        device: str = "auto",
+        overlap: float | None = None,
+        sw_batch_size: int | None = None,
+        blend: str | None = None,
+        tta: bool | None = None,
+        autocast: str | None = "auto",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(device)
+        self.network = network.to(self.device).eval()
+        inference = config.inference
+        self.roi_size = list(inference.roi_size or config.sampling.patch_size)
+        self.overlap = inference.overlap if overlap is None else overlap
+        self.sw_batch_size = sw_batch_size or inference.sw_batch_size
+        self.blend = blend or inference.blend
+        tta = self.device.type == "cuda" if tta is None else tta
+        self.tta_flips = (list(inference.tta_flips) or list(range(self.network.spatial_dims))) if tta else []
+        if autocast == "auto":
+            autocast = "bf16" if self.device.type == "cuda" else None
+        self.autocast = autocast
+        self.progress = progress
+        self.regions = dict(config.data.regions) if config.data.regions else None
+        self.labels = dict(config.data.labels)
+        self.transforms = inference_transforms(config.preprocessing)
+
+    @classmethod
+    def from_checkpoint(cls, path_or_name: str | Path, **options: Any) -> Predictor:
+        """A predictor from a checkpoint file or the name of a bundled model (``hippocampus``)."""
+        checkpoint = load_checkpoint(resolve_model(path_or_name))
+        return cls(model_from_checkpoint(checkpoint), checkpoint_config(checkpoint), **options)
+
+    @property
+    def channel_names(self) -> list[str]:
+        return list(self.config.data.channels)
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        """Written label value -> name (regions are written as the dataset's label values)."""
+        return {value: name for value, name in self.labels.items() if value != 0}
+
+    def predict_file(self, input_path: str | Path, output_path: str | Path, **options: Any) -> Path:
+        """Segment one case (a file, BraTS case folder or DICOM series) into ``output_path``.
+
+        ``options`` are those of :class:`volseg.segment.OutputOptions` (``overwrite``,
+        ``probabilities``, ``uncertainty``, ``stats``, ``preview``, ...).
+        """
+        from volseg.segment import OutputOptions, segment
+
+        return segment(self, input_path, output_path, OutputOptions(**options))[0].labels_path
+
+    def predict_folder(self, input_dir: str | Path, output_dir: str | Path, **options: Any) -> list[Path]:
+        """Segment every case in ``input_dir`` into ``output_dir``; finished cases are skipped."""
+        from volseg.segment import OutputOptions, segment
+
+        return [outcome.labels_path for outcome in segment(self, input_dir, output_dir, OutputOptions(**options))]
+
+    # ------------------------------------------------------------------ core
+    def predict(self, image: np.ndarray | Volume, *, affine: np.ndarray | None = None) -> np.ndarray:
+        """Label map (*S) for ``image``: a :class:`Volume`, or an array (*S) / (*S, C) with an
+        optional voxel -> RAS ``affine`` (default: 1 mm voxels, RAS)."""
+        if not isinstance(image, Volume):
+            image = Volume(np.asarray(image), np.eye(4) if affine is None else np.asarray(affine, dtype=float))
+        return self.predict_volumes([image]).labels
+
+    def predict_volumes(
+        self,
+        channels: Sequence[Volume],
+        *,
+        case_id: str = "case",
+        probabilities: bool = False,
+        uncertainty: str | None = None,
+    ) -> Prediction:
+        """Segment one case given as one :class:`Volume` per channel file (or one 4D volume)."""
+        if uncertainty is not None and uncertainty not in UNCERTAINTY_MODES:
+            raise ConfigError(f"uncertainty={uncertainty!r} is not valid; allowed: {', '.join(UNCERTAINTY_MODES)}")
+        started = time.perf_counter()
+        data = self.transforms({"image": list(channels), "case_id": case_id})
+        image = data["image"]
+        if image.shape[0] != self.network.in_channels:
+            expected = f" ({', '.join(self.channel_names)})" if self.channel_names else ""
+            raise ShapeError(
+                f"case {case_id}: the model takes {self.network.in_channels} channels{expected}; "
+                f"the input has {image.shape[0]}"
+            )
+        mean, variance = self._probabilities(image.as_tensor()[None].float(), uncertainty == "tta-variance")
+        labels = self._labels_on_input_grid(mean, data)
+        result = Prediction(case_id, labels, channels[0])
+        if probabilities or uncertainty == "entropy":
+            on_input = invert_to_input(mean, data, mode="bilinear").as_tensor()
+            if probabilities:
+                result.probabilities = np.ascontiguousarray(on_input.movedim(0, -1).numpy(), dtype=np.float32)
+            if uncertainty == "entropy":
+                result.uncertainty = _entropy(on_input, self.regions is not None)
+        if uncertainty == "tta-variance":
+            on_input = invert_to_input(variance, data, mode="bilinear").as_tensor()
+            result.uncertainty = on_input.mean(dim=0).numpy().astype(np.float32)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _probabilities(self, image: torch.Tensor, with_variance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mean class/region probabilities (K, *S) on the preprocessed grid, and their variance over
+        the mirrored copies when asked for (each mirrored copy then runs separately)."""
+        options = dict(overlap=self.overlap, blend=self.blend, sw_batch_size=self.sw_batch_size, device=self.device,
+                       output_device="cpu", autocast=self.autocast, progress=self.progress)
+        if not with_variance:
+            logits = sliding_window_inference(self.network, image, self.roi_size, tta_flips=self.tta_flips, **options)
+            return self._activate(logits[0]), None
+        flips = flip_combinations(self.tta_flips or range(self.network.spatial_dims))
+        total = squares = None
+        for flip in flips:
+            dims = [axis + 2 for axis in flip]
+            logits = sliding_window_inference(self.network, image.flip(dims) if dims else image, self.roi_size, **options)
+            probs = self._activate((logits.flip(dims) if dims else logits)[0])
+            total = probs if total is None else total + probs
+            squares = probs.square() if squares is None else squares + probs.square()
+        mean = total / len(flips)
+        return mean, (squares / len(flips) - mean.square()).clamp_min(0)
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.regions is not None else torch.softmax(logits, dim=0)
+
+    def _labels_on_input_grid(self, probabilities: torch.Tensor, data: dict[str, Any]) -> np.ndarray:
+        """Decide on the preprocessed grid when it is the input's up to orientation and crop
+        (exact, cheap); otherwise resample the probabilities linearly first (smoother borders)."""
+        resampled = self.config.preprocessing.spacing is not None
+        if resampled:
+            probabilities = invert_to_input(probabilities, data, mode="bilinear").as_tensor()
+        if self.regions is not None:
+            masks = (probabilities > 0.5).to(torch.uint8)
+            if not resampled:
+                masks = invert_to_input(masks, data, mode="nearest").as_tensor()
+            return regions_to_labels(masks.numpy(), self.regions)
+        indices = probabilities.argmax(dim=0).to(torch.uint8 if probabilities.shape[0] < 256 else torch.int32)
+        if not resampled:
+            indices = invert_to_input(indices, data, mode="nearest").as_tensor()
+        return class_indices_to_labels(indices.numpy(), sorted(self.labels))
+
+
+def _entropy(probabilities: torch.Tensor, regions: bool) -> np.ndarray:
+    """Voxel-wise predictive entropy (*S), normalised to [0, 1]: over the classes (softmax) or
+    averaged over the binary regions (sigmoid)."""
+    p = probabilities.clamp(1e-7, 1 - 1e-7)
+    if regions:
+        entropy = -(p * p.log() + (1 - p) * (1 - p).log()).mean(dim=0) / math.log(2)
+    else:
+        entropy = -(p * p.log()).sum(dim=0) / math.log(max(p.shape[0], 2))
+    return entropy.numpy().astype(np.float32)
+
+
+def read_case(images: Sequence[str | Path]) -> list[Volume]:
+    """Read the channel files (or DICOM folder) of one case."""
+    return [read_volume(path) for path in images]
