@@ -109,6 +109,18 @@ def test_overlapping_regions_train_with_sigmoid_outputs(tmp_path, dataset):
     assert load_checkpoint(tmp_path / "run" / "last.pt")["network"]["num_classes"] == 2
 
 
+def test_border_weighted_cross_entropy_trains_with_its_weight_maps(tmp_path, dataset):
+    from volseg.data.transforms import training_transforms, items_from_cases
+    from volseg.data.datasets import find_cases
+
+    config = tiny_config(dataset, loss={"name": "weighted_ce"}, training={"epochs": 1, "iterations_per_epoch": 3})
+    item = training_transforms(config)(items_from_cases(find_cases(dataset).cases)[:1][0])
+    assert item["weight"].shape == item["label"].shape and item["weight"].min() > 0
+    assert item["weight"].max() > 1  # rarer classes and the gaps between objects weigh more
+    result = train(config, tmp_path / "run")
+    assert result.history[0]["train_loss"] > 0
+
+
 def test_early_stopping_after_validations_without_improvement(tmp_path, dataset):
     config = tiny_config(dataset, optimizer={"name": "sgd", "lr": 1e-12}, training={"epochs": 6, "early_stopping": 1})
     assert train(config, tmp_path / "run").epochs_run == 2

@@ -147,6 +147,8 @@ class LossConfig:
     include_background: bool = _field(False, "count the background class in the Dice term")
     class_weights: Union[list[float], None] = _field(None, "per-class weights of the focal / cross-entropy term")
     deep_supervision: bool = _field(True, "also supervise the coarser decoder outputs, weights halving per scale")
+    border_w0: float = _field(10.0, "weighted_ce: weight of the gaps between touching objects (U-Net paper: 10)")
+    border_sigma: float = _field(5.0, "weighted_ce: width of those gaps' weight, voxels (U-Net paper: 5)")
 
 
 @dataclass

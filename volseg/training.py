@@ -260,8 +260,9 @@ class Trainer:
             waited += time.perf_counter() - before
             images = batch["image"].to(device, non_blocking=True)
             labels = batch["label"].to(device, non_blocking=True)
+            maps = [batch["weight"].to(device, non_blocking=True)] if "weight" in batch else []
             lr = self.schedule.apply(self.optimizer, epoch * steps + step)
-            loss = self._step(images, labels)
+            loss = self._step(images, labels, *maps)
             total_loss += loss
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
@@ -275,11 +276,12 @@ class Trainer:
             mean_loss /= self.context.world_size
         return {"train_loss": float(mean_loss.item()), "lr": lr, "epoch_seconds": elapsed, "data_wait": waited / elapsed}
 
-    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+    def _step(self, images: torch.Tensor, labels: torch.Tensor, *maps: torch.Tensor) -> float:
+        """One optimiser step; ``maps`` are per-voxel loss weights (weighted_ce)."""
         enabled = self.autocast_dtype is not None
         with torch.autocast(self.context.device.type, dtype=self.autocast_dtype, enabled=enabled):
             outputs = self.model(images)
-            loss = self.loss(outputs, labels)
+            loss = self.loss(outputs, labels, *maps)
         if not torch.isfinite(loss):
             raise TrainingError(f"the training loss became {loss.item()}; lower optimizer.lr or check the data")
         clip = self.config.optimizer.grad_clip

@@ -143,12 +143,14 @@ def augmentation_transforms(
     patch_size: Sequence[int],
     image_key: str = "image",
     label_key: str | None = "label",
+    extra_keys: Sequence[str] = (),
 ) -> list[Transform]:
     """The random augmentations of ``augmentation`` (those with ``prob > 0``) for patches of ``patch_size``.
 
     Order: affine (rotation, scaling), elastic, 90-degree rotation, flips, then the intensity
     ones on the image only: noise, blur, brightness, contrast, low resolution, gamma.
     For ``spatial_dims == 2`` flips on axis 2 are dropped (3D configs list ``[0, 1, 2]``).
+    ``extra_keys`` (e.g. a loss weight map) follow the spatial ones with nearest interpolation.
     """
     if spatial_dims not in (2, 3):
         raise ConfigError(f"network.spatial_dims={spatial_dims} is not valid; allowed: 2, 3")
@@ -156,8 +158,8 @@ def augmentation_transforms(
     if len(patch) != spatial_dims:
         raise ConfigError(f"sampling.patch_size={patch} needs {spatial_dims} values for {spatial_dims}D patches")
     aug = augmentation
-    keys = [image_key] + ([label_key] if label_key else [])
-    modes = ["bilinear"] + (["nearest"] if label_key else [])
+    keys = [image_key] + ([label_key] if label_key else []) + list(extra_keys)
+    modes = ["bilinear"] + (["nearest"] if label_key else []) + ["nearest"] * len(extra_keys)
     steps: list[Transform] = []
 
     if aug.affine.prob > 0:

@@ -44,6 +44,7 @@ from monai.utils import TraceKeys
 from volseg import io as vio
 from volseg.config import Config, PreprocessingConfig
 from volseg.data.augment import augmentation_transforms, describe, patch_sampler
+from volseg.losses import border_weight_map, instances_from_labels
 from volseg.errors import ConfigError, InputFileError, ShapeError, VolsegError
 
 __all__ = [
@@ -54,7 +55,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE, LABEL = "image", "label"
+IMAGE, LABEL, WEIGHT = "image", "label", "weight"
 _MAX_REGIONS = 16  # regions_to_labels builds a 2**R lookup table
 _CACHE_VERSION = 1  # part of the disk-cache key: bump when preprocessing code changes its output
 
@@ -370,17 +371,47 @@ def training_transforms(config: Config) -> Pipeline:
     values, regions = _label_spec(config.data.labels or {}, config.data.regions)
     values = values or [0]  # not reached: _label_spec rejects empty labels
     roi = patch + [1] if dims == 2 else patch
-    keys = [IMAGE, LABEL]
     steps = _preprocessing_steps(config.preprocessing, with_label=True, values=values, regions=None)
+    weighted = config.loss.name == "weighted_ce"
+    if weighted:  # the U-Net paper's border weights, computed once per case (cached) on the whole volume
+        if regions is not None:
+            raise ConfigError("loss.name='weighted_ce' is a softmax loss over classes; it cannot train data.regions")
+        steps.append(BorderWeightd(LABEL, WEIGHT, w0=config.loss.border_w0, sigma=config.loss.border_sigma))
+    keys = [IMAGE, WEIGHT, LABEL] if weighted else [IMAGE, LABEL]  # the label last: the sampler reads it
     steps += [SpatialPadd(keys, spatial_size=roi), patch_sampler(config.sampling, roi, len(values), keys=keys)]
     if dims == 2:
         steps.append(SqueezeDimd(keys, dim=3))  # (C, H, W, 1) -> (C, H, W); the affine loses its third axis
     if regions is not None:
         steps.append(LabelsToRegionsd(LABEL, regions))
-    steps += augmentation_transforms(config.augmentation, spatial_dims=dims, patch_size=patch)
+    steps += augmentation_transforms(config.augmentation, spatial_dims=dims, patch_size=patch,
+                                     extra_keys=[WEIGHT] if weighted else [])
     label_dtype = torch.float32 if regions is not None else torch.int64
-    steps.append(EnsureTyped(keys, dtype=[torch.float32, label_dtype], track_meta=False))
-    return _pipeline(steps, {"pre": vars(config.preprocessing), "values": values, "roi": roi})
+    dtypes = {IMAGE: torch.float32, WEIGHT: torch.float32, LABEL: label_dtype}
+    steps.append(EnsureTyped(keys, dtype=[dtypes[k] for k in keys], track_meta=False))
+    key_parts = {"pre": vars(config.preprocessing), "values": values, "roi": roi}
+    if weighted:
+        key_parts["border"] = [config.loss.border_w0, config.loss.border_sigma]
+    return _pipeline(steps, key_parts)
+
+
+class BorderWeightd(MapTransform):
+    """The U-Net paper's weight map of a class-index label ``(1, *S)`` as ``weight`` ``(1, *S)`` float32:
+    class balance plus ``w0`` on the narrow gaps between touching objects (see
+    :func:`volseg.losses.border_weight_map`)."""
+
+    def __init__(self, label_key: str, weight_key: str, *, w0: float, sigma: float) -> None:
+        super().__init__([label_key])
+        self.label_key, self.weight_key, self.w0, self.sigma = label_key, weight_key, w0, sigma
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        label = np.asarray(torch.as_tensor(d[self.label_key])[0].cpu().numpy()).astype(np.int32)
+        instances = instances_from_labels(label)
+        weights = border_weight_map(instances, w0=self.w0, sigma=self.sigma, labels=label)
+        reference = d[self.label_key]
+        tensor = torch.from_numpy(weights[None])
+        d[self.weight_key] = MetaTensor(tensor, meta=copy.deepcopy(reference.meta)) if isinstance(reference, MetaTensor) else tensor
+        return d
 
 
 def _free_ids(item: Any) -> Any:
