@@ -21,10 +21,13 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+SAMPLE := volseg/models/hippocampus_sample
+DEMO_OUT := demo_output
+
+# The main job: segment the bundled sample MRI with the bundled hippocampus model.
 demo: $(STAMP)
-	@echo "make demo: 'volseg predict' (issue 5) and the bundled model (issue 6) are not built yet;"
-	@echo "this target will segment the bundled sample case once they are."
-	@exit 1
+	$(BIN)/volseg predict -m hippocampus -i $(SAMPLE) -o $(DEMO_OUT) --stats --preview --overwrite
+	@echo "outputs: $$(ls $(DEMO_OUT) | sed 's|^|$(DEMO_OUT)/|' | tr '\n' ' ')"
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache $(DEMO_OUT)
