@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import nibabel as nib
+import SimpleITK as sitk
 
 import numpy as np
 import pytest
@@ -67,3 +68,43 @@ def write_msd(root: Path, *, cases=4, shape=(20, 24, 16), spacing=(1.0, 1.0, 1.0
 def make_msd():
     """``make_msd(root, cases=4, shape=(20, 24, 16), spacing=..., modality="MRI", offset=0.0)`` -> root."""
     return write_msd
+
+
+def _rotation_z(degrees: float) -> np.ndarray:
+    angle = np.deg2rad(degrees)
+    return np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]])
+
+
+def _write_dicom_series(folder: Path, arr_zyx: np.ndarray, series_uid: str) -> sitk.Image:
+    """Write one slice file per z with position/orientation tags; return the 3D image."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(arr_zyx)
+    image.SetSpacing((0.7, 0.8, 2.5))
+    image.SetOrigin((10.0, -20.0, 30.0))
+    direction = np.eye(3)
+    direction[:, :3] = _rotation_z(15.0)
+    image.SetDirection(direction.ravel().tolist())
+    rows = "\\".join(f"{v:.10f}" for v in list(direction[:, 0]) + list(direction[:, 1]))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        piece = image[:, :, k]
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        for tag, value in {
+            "0008|0060": "CT",
+            "0020|000d": series_uid + ".0",
+            "0020|000e": series_uid,
+            "0020|0037": rows,
+            "0020|0032": "\\".join(f"{v:.10f}" for v in position),
+            "0020|0013": str(k + 1),
+        }.items():
+            piece.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(piece)
+    return image
+
+
+@pytest.fixture
+def write_dicom_series():
+    """``write_dicom_series(folder, array_zyx, series_uid)`` -> the SimpleITK image (oblique, 0.7 x 0.8 x 2.5 mm)."""
+    return _write_dicom_series

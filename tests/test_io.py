@@ -234,36 +234,7 @@ def test_multicomponent_sitk_image_is_channels_last(tmp_path):
     assert vol.orientation == ("L", "P", "S")  # identity direction in LPS
 
 
-def write_dicom_series(folder: Path, arr_zyx: np.ndarray, series_uid: str) -> sitk.Image:
-    """Write one slice file per z with position/orientation tags; return the 3D image."""
-    folder.mkdir(parents=True, exist_ok=True)
-    image = sitk.GetImageFromArray(arr_zyx)
-    image.SetSpacing((0.7, 0.8, 2.5))
-    image.SetOrigin((10.0, -20.0, 30.0))
-    direction = np.eye(3)
-    direction[:, :3] = _rotation(15.0)
-    image.SetDirection(direction.ravel().tolist())
-    rows = "\\".join(f"{v:.10f}" for v in list(direction[:, 0]) + list(direction[:, 1]))
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(image.GetDepth()):
-        piece = image[:, :, k]
-        position = image.TransformIndexToPhysicalPoint((0, 0, k))
-        for tag, value in {
-            "0008|0060": "CT",
-            "0020|000d": series_uid + ".0",
-            "0020|000e": series_uid,
-            "0020|0037": rows,
-            "0020|0032": "\\".join(f"{v:.10f}" for v in position),
-            "0020|0013": str(k + 1),
-        }.items():
-            piece.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(piece)
-    return image
-
-
-def test_dicom_series_reads_with_geometry(tmp_path):
+def test_dicom_series_reads_with_geometry(tmp_path, write_dicom_series):
     arr = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)  # z, y, x
     image = write_dicom_series(tmp_path / "dcm", arr, "1.2.826.0.1.3680043.2.1125.7.1")
     vol = read_volume(tmp_path / "dcm")
@@ -275,7 +246,7 @@ def test_dicom_series_reads_with_geometry(tmp_path):
         np.testing.assert_allclose(vol.affine @ [*ijk, 1], [-x, -y, z, 1], atol=1e-4)
 
 
-def test_dicom_series_with_missing_slice_warns(tmp_path, caplog, capfd):
+def test_dicom_series_with_missing_slice_warns(tmp_path, caplog, capfd, write_dicom_series):
     write_dicom_series(tmp_path / "gap", np.zeros((5, 3, 3), np.int16), "1.2.3.9")
     (tmp_path / "gap" / "slice002.dcm").unlink()
     with caplog.at_level("WARNING", logger="volseg.io"):
@@ -297,7 +268,7 @@ def test_4d_sitk_image_is_channels_last(tmp_path):
     assert read_volume(tmp_path / "t1.nrrd").array.shape == (6, 5, 4)
 
 
-def test_dicom_folder_with_two_series_needs_series_id(tmp_path):
+def test_dicom_folder_with_two_series_needs_series_id(tmp_path, write_dicom_series):
     folder = tmp_path / "two"
     arr = np.zeros((3, 4, 4), np.int16)
     write_dicom_series(folder / "a", arr, "1.2.3.4.5.1")

@@ -164,3 +164,14 @@ def test_an_interrupted_case_with_side_outputs_is_redone(tmp_path):
     first.labels_path.unlink()  # as if killed after the side outputs, before the labels
     again = segment(predictor, cases, tmp_path / "out", options)[0]
     assert not again.skipped and again.labels_path.exists()
+
+
+def test_dicom_series_in_nifti_out_on_its_grid(tmp_path, write_dicom_series):
+    rng = np.random.default_rng(1)
+    slices = rng.choice([-100, 100], size=(6, 20, 18)).astype(np.int16)  # z, y, x
+    write_dicom_series(tmp_path / "series", slices, "1.2.826.0.1.3680043.2.1125.9.1")
+    output = Predictor(ThresholdNet(), config_for()).predict_file(tmp_path / "series", tmp_path / "seg.nii.gz")
+    written, source = read_volume(output), read_volume(tmp_path / "series")
+    assert written.array.shape == source.array.shape == (18, 20, 6)
+    assert np.allclose(written.affine, source.affine, atol=1e-5)
+    assert np.array_equal(written.array, (source.array > 0).astype(np.uint8))
