@@ -65,3 +65,12 @@ def test_python_dash_m_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "volseg", "models", "nope"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "unknown network 'nope'" in result.stderr
+
+
+def test_public_api_names_resolve():
+    import volseg
+
+    for name in volseg.__all__:
+        assert getattr(volseg, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        volseg.nope  # noqa: B018

@@ -2,30 +2,55 @@
 
 Public API (re-exported names only; see the README)::
 
-    from volseg import create_model, list_models
-    model = create_model("unet", spatial_dims=3, in_channels=1, num_classes=3)
+    from volseg import Predictor, sliding_window_inference, create_model, train
+
+The heavier names (``Predictor``, ``sliding_window_inference``, ``train``, ``load_config``)
+are imported on first use, so ``import volseg`` and the command line start quickly.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from volseg._version import __version__
 from volseg.errors import (
     CheckpointError,
     ConfigError,
     InputFileError,
+    OutputError,
     OutputExistsError,
     ShapeError,
+    TrainingError,
     VolsegError,
 )
 from volseg.nn import SegmentationNetwork, create_model, list_models
+
+_LAZY = {
+    "Predictor": "volseg.predictor",
+    "sliding_window_inference": "volseg.inference",
+    "train": "volseg.training",
+    "load_config": "volseg.config",
+}
 
 __all__ = [
     "CheckpointError",
     "ConfigError",
     "InputFileError",
+    "OutputError",
     "OutputExistsError",
     "SegmentationNetwork",
     "ShapeError",
+    "TrainingError",
     "VolsegError",
     "__version__",
     "create_model",
     "list_models",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'volseg' has no attribute {name!r}")
