@@ -42,6 +42,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou,
 from volseg.atomic import write_text
 from volseg.errors import ConfigError, InputFileError, OutputExistsError, ShapeError
 from volseg.io import READ_SUFFIXES, Volume, read_volume, same_grid
+from volseg.postprocess import check_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -95,15 +96,6 @@ def _check_structures(structures: Mapping[str, Sequence[int]]) -> dict[str, list
                               f"values, got {values!r}")
         checked[str(name)] = [int(v) for v in vals]
     return checked
-
-
-def _check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
-    values = tuple(float(s) for s in spacing)
-    if len(values) != ndim:
-        raise ShapeError(f"spacing {values} has {len(values)} values for a {ndim}D volume")
-    if not all(math.isfinite(s) and s > 0 for s in values):
-        raise ConfigError(f"spacing must be finite and positive (mm), got {values}")
-    return values
 
 
 def _mask(volume: Array, values: list[int]) -> torch.Tensor:
@@ -174,7 +166,7 @@ def evaluate_case(
         raise ShapeError(f"prediction shape {pred_shape} and reference shape {ref_shape} differ")
     if len(ref_shape) not in (2, 3):
         raise ShapeError(f"expected 2D or 3D label maps, got shape {ref_shape}")
-    spacing = _check_spacing(spacing, len(ref_shape))
+    spacing = check_spacing(spacing, len(ref_shape))
     structures = _check_structures(structures)
     if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         raise ConfigError(f"tolerance_mm must be finite and >= 0, got {tolerance_mm}")

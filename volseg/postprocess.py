@@ -43,16 +43,16 @@ STATISTICS_SUFFIXES = (".json", ".csv")
 
 # ----------------------------------------------------------------------------- helpers
 
-def _to_numpy(array: Any) -> np.ndarray:
+def to_numpy(array: Any) -> np.ndarray:
     """A numpy array (a torch tensor is copied to the CPU)."""
     if hasattr(array, "detach"):
         array = array.detach().cpu().numpy()
     return np.asarray(array)
 
 
-def _as_label_array(labels: Any, what: str = "label map") -> np.ndarray:
+def as_label_array(labels: Any, what: str = "label map") -> np.ndarray:
     """``labels`` as a 2D/3D integer numpy array (a view or copy; never written to)."""
-    array = _to_numpy(labels)
+    array = to_numpy(labels)
     if array.ndim not in (2, 3):
         raise ShapeError(f"a {what} must be 2D or 3D, got shape {tuple(array.shape)}")
     if array.dtype == bool:
@@ -68,7 +68,7 @@ def _as_label_array(labels: Any, what: str = "label map") -> np.ndarray:
     raise ConfigError(f"a {what} must be an integer array, got dtype {array.dtype}")
 
 
-def _check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
+def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
     """Voxel sizes in mm, one per axis (``None``: 1 mm)."""
     if spacing is None:
         return (1.0,) * ndim
@@ -137,7 +137,7 @@ def _check_values(label_values: Iterable[int] | None) -> list[int] | None:
 
 def present_labels(labels: np.ndarray) -> list[int]:
     """The non-zero values in ``labels`` ``(*S)``, ascending."""
-    return sorted(int(v) for v in _shape_filter(_as_label_array(labels)).GetLabels())
+    return sorted(int(v) for v in _shape_filter(as_label_array(labels)).GetLabels())
 
 
 # ----------------------------------------------------------------------------- components
@@ -149,7 +149,7 @@ def connected_components(mask: np.ndarray, *, fully_connected: bool = False) -> 
     1..n by size descending (ties in raster order), ``sizes[i]`` the voxel count of
     instance ``i + 1``. Different non-zero values count as one foreground here.
     """
-    array = _as_label_array(mask, "mask")
+    array = as_label_array(mask, "mask")
     instances, sizes = _sorted_components(array != 0, fully_connected)
     return instances.astype(np.int32, copy=False), sizes
 
@@ -163,8 +163,8 @@ def keep_largest_component(
     """Per label value (``label_values``, default all non-zero), keep only its largest
     connected component; the other voxels of that value become 0. ``(*S)`` -> ``(*S)``,
     same dtype. Of equal-sized largest components the first in raster order stays."""
-    original = _to_numpy(labels)
-    array = _as_label_array(original)
+    original = to_numpy(labels)
+    array = as_label_array(original)
     out = original.copy()
     for value, box, instances, sizes in _per_value(array, _check_values(label_values), fully_connected):
         if len(sizes) > 1:
@@ -186,9 +186,9 @@ def remove_small_components(
     components smaller than ``min_size_voxels`` voxels or ``min_size_ml`` mL (give exactly
     one; a component of exactly the minimum stays). ``spacing``: voxel size in mm per axis
     (default 1 mm). ``(*S)`` -> ``(*S)``, same dtype."""
-    original = _to_numpy(labels)
-    array = _as_label_array(original)
-    voxel_ml = _voxel_ml(_check_spacing(spacing, array.ndim))
+    original = to_numpy(labels)
+    array = as_label_array(original)
+    voxel_ml = _voxel_ml(check_spacing(spacing, array.ndim))
     if (min_size_voxels is None) == (min_size_ml is None):
         raise ConfigError("give exactly one of min_size_voxels and min_size_ml, got "
                           f"min_size_voxels={min_size_voxels!r}, min_size_ml={min_size_ml!r}")
@@ -228,8 +228,8 @@ def label_statistics(
     components, e.g. lesions), ``component_volumes_ml`` (descending), ``largest_ml``.
     ``spacing``: voxel size in mm per axis.
     """
-    array = _as_label_array(labels)
-    voxel_ml = _voxel_ml(_check_spacing(spacing, array.ndim))
+    array = as_label_array(labels)
+    voxel_ml = _voxel_ml(check_spacing(spacing, array.ndim))
     names = {int(k): str(v) for k, v in (label_names or {}).items()}
     found = {value: sizes for value, _, _, sizes in _per_value(array, None, fully_connected)}
     stats = []

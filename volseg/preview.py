@@ -34,7 +34,7 @@ import numpy as np
 
 from volseg.atomic import atomic_target
 from volseg.errors import ConfigError, OutputExistsError, ShapeError
-from volseg.postprocess import _as_label_array, _check_spacing, _to_numpy, connected_components
+from volseg.postprocess import as_label_array, check_spacing, to_numpy, connected_components
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def preview_slices(labels: np.ndarray) -> tuple[int, ...]:
     """Voxel indices ``(i, j[, k])`` of the centre of mass of the largest connected
     structure of the non-zero voxels of ``labels`` ``(*S)`` (face connectivity), rounded
     half up; the centre ``S // 2`` when all voxels are 0."""
-    array = _as_label_array(labels)
+    array = as_label_array(labels)
     instances, sizes = connected_components(array)
     if not sizes:
         return tuple(int(n) // 2 for n in array.shape)
@@ -81,7 +81,7 @@ def preview_aspects(spacing: Sequence[float]) -> tuple[float, ...]:
     """matplotlib ``imshow`` aspect (height / width of one voxel) per panel: axial,
     coronal, sagittal for 3D ``spacing`` (mm per axis), the one panel for 2D."""
     spacing = tuple(spacing)
-    s = _check_spacing(spacing, len(spacing))
+    s = check_spacing(spacing, len(spacing))
     if len(s) == 2:
         return (s[1] / s[0],)
     if len(s) != 3:
@@ -121,14 +121,14 @@ def _planes(array: np.ndarray, centre: tuple[int, ...]) -> list[tuple[str, np.nd
 
 
 def _prepare(image: Any, labels: Any, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray, tuple]:
-    label_array = _as_label_array(labels)
-    image_array = _to_numpy(image)
+    label_array = as_label_array(labels)
+    image_array = to_numpy(image)
     if image_array.ndim == label_array.ndim + 1:
         image_array = image_array[0]  # (C, *S): the first channel
     if image_array.shape != label_array.shape:
-        raise ShapeError(f"image shape {tuple(_to_numpy(image).shape)} does not match the label map "
+        raise ShapeError(f"image shape {tuple(to_numpy(image).shape)} does not match the label map "
                          f"shape {label_array.shape}; expected (*S) or (C, *S)")
-    return image_array.astype(np.float32, copy=False), label_array, _check_spacing(spacing, label_array.ndim)
+    return image_array.astype(np.float32, copy=False), label_array, check_spacing(spacing, label_array.ndim)
 
 
 def render_preview(

@@ -48,6 +48,39 @@ def normalise_strides(
     return expanded
 
 
+def check_features(features: Sequence[int]) -> list[int]:
+    """Per-stage channel counts: two or more positive ints."""
+    features = list(features)
+    if len(features) < 2 or not all(isinstance(f, int) and f >= 1 for f in features):
+        raise ConfigError(f"features={features!r} is not valid; give 2 or more positive channel counts")
+    return features
+
+
+def encoder_stage(
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    *,
+    stride: Sequence[int],
+    downsample: str,
+    block_type: type[nn.Module] = ConvBlock,
+    **block_options: Any,
+) -> nn.Module:
+    """One encoder stage: (N, in_channels, *S) -> (N, out_channels, *S / stride).
+
+    ``downsample="conv"`` strides the block's first convolution (nnU-Net); ``"maxpool"`` or
+    ``"avgpool"`` pools first. Stage 0 (stride 1) is the block alone.
+    """
+    if downsample not in DOWN_MODES:
+        raise choice_error("downsample mode", downsample, DOWN_MODES)
+    if downsample == "conv" or all(s == 1 for s in stride):
+        return block_type(spatial_dims, in_channels, out_channels, stride=stride, **block_options)
+    return nn.Sequential(
+        DownStep(spatial_dims, in_channels, stride=stride, mode=downsample),
+        block_type(spatial_dims, in_channels, out_channels, **block_options),
+    )
+
+
 def total_strides(strides: Sequence[Sequence[int]]) -> tuple[int, ...]:
     """Product of per-stage strides along each axis."""
     total = [1] * len(strides[0])
@@ -101,11 +134,7 @@ class UNet(SegmentationNetwork):
         init: str = "kaiming",
     ) -> None:
         super().__init__(spatial_dims, in_channels, num_classes)
-        features = list(features)
-        if len(features) < 2 or not all(isinstance(f, int) and f >= 1 for f in features):
-            raise ConfigError(f"features={features!r} is not valid; give 2 or more positive channel counts")
-        if downsample not in DOWN_MODES:
-            raise choice_error("downsample mode", downsample, DOWN_MODES)
+        features = check_features(features)
         num_stages = len(features)
         kernels = expand_per_stage(kernel_sizes, num_stages, self.spatial_dims, "kernel_sizes")
         self.strides = normalise_strides(strides, num_stages, self.spatial_dims)
@@ -115,18 +144,11 @@ class UNet(SegmentationNetwork):
         block_options = dict(num_convs=num_convs, norm=norm, act=act, dropout=dropout)
         block_type = ResidualBlock if residual else ConvBlock
 
-        self.encoder = nn.ModuleList()
-        for stage, (channels, kernel, stride) in enumerate(zip(features, kernels, self.strides)):
-            previous = in_channels if stage == 0 else features[stage - 1]
-            if downsample == "conv" or stage == 0:
-                self.encoder.append(block_type(spatial_dims, previous, channels, kernel_size=kernel, stride=stride, **block_options))
-            else:
-                self.encoder.append(
-                    nn.Sequential(
-                        DownStep(spatial_dims, previous, stride=stride, mode=downsample),
-                        block_type(spatial_dims, previous, channels, kernel_size=kernel, **block_options),
-                    )
-                )
+        self.encoder = nn.ModuleList(
+            encoder_stage(spatial_dims, in_channels if stage == 0 else features[stage - 1], channels, stride=stride,
+                          downsample=downsample, block_type=block_type, kernel_size=kernel, **block_options)
+            for stage, (channels, kernel, stride) in enumerate(zip(features, kernels, self.strides))
+        )
 
         # Decoder modules are indexed by the level they produce: level 0 is full resolution.
         self.up_steps = nn.ModuleList()

@@ -15,11 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from volseg.errors import ConfigError, choice_error
 from volseg.nn.base import SegmentationNetwork
-from volseg.nn.blocks import DOWN_MODES, ConvBlock, DownStep, UpStep
+from volseg.nn.blocks import ConvBlock, UpStep
 from volseg.nn.layers import LayerSpec, activation_slope, initialize_weights, layer_class
-from volseg.nn.unet import DEFAULT_ACT, normalise_strides, total_strides
+from volseg.nn.unet import DEFAULT_ACT, check_features, encoder_stage, normalise_strides, total_strides
 
 
 class UNetPlusPlus(SegmentationNetwork):
@@ -49,11 +48,7 @@ class UNetPlusPlus(SegmentationNetwork):
         init: str = "kaiming",
     ) -> None:
         super().__init__(spatial_dims, in_channels, num_classes)
-        features = list(features)
-        if len(features) < 2 or not all(isinstance(f, int) and f >= 1 for f in features):
-            raise ConfigError(f"features={features!r} is not valid; give 2 or more positive channel counts")
-        if downsample not in DOWN_MODES:
-            raise choice_error("downsample mode", downsample, DOWN_MODES)
+        features = check_features(features)
         self.depth = len(features) - 1
         self.strides = normalise_strides(strides, len(features), self.spatial_dims)
         self.size_divisor = total_strides(self.strides)
@@ -65,17 +60,11 @@ class UNetPlusPlus(SegmentationNetwork):
         self.nodes = nn.ModuleList()
         self.ups = nn.ModuleList()
         for level, channels in enumerate(features):
-            row = nn.ModuleList()
             previous = in_channels if level == 0 else features[level - 1]
-            if level == 0 or downsample == "conv":
-                row.append(ConvBlock(spatial_dims, previous, channels, stride=self.strides[level], **block_options))
-            else:
-                row.append(
-                    nn.Sequential(
-                        DownStep(spatial_dims, previous, stride=self.strides[level], mode=downsample),
-                        ConvBlock(spatial_dims, previous, channels, **block_options),
-                    )
-                )
+            row = nn.ModuleList(
+                [encoder_stage(spatial_dims, previous, channels, stride=self.strides[level], downsample=downsample,
+                               **block_options)]
+            )
             for column in range(1, self.depth - level + 1):
                 row.append(ConvBlock(spatial_dims, (column + 1) * channels, channels, **block_options))
             self.nodes.append(row)
