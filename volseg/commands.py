@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from volseg.errors import ConfigError, InputFileError, OutputExistsError
 
@@ -82,8 +83,9 @@ def train_command(args: argparse.Namespace) -> int:
         run_dir = Path(args.output) if args.output else Path("runs") / Path(args.config).stem / f"fold_{fold}"
     else:
         raise ConfigError("give a CONFIG file to start a run, or --resume RUN_DIR to continue one")
-    result = train(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite, until_epoch=args.until_epoch,
-                   progress_bar=None if args.quiet else tqdm)
+    with logging_redirect_tqdm():  # per-epoch log lines print above the progress bar, not through it
+        result = train(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite,
+                       until_epoch=args.until_epoch, progress_bar=None if args.quiet else tqdm)
     best = "no validation" if result.best_metric is None else f"best mean Dice {result.best_metric:.4f} at epoch {result.best_epoch}"
     logger.info("finished %d epochs in %s: %s", result.epochs_run, result.run_dir, best)
     return 0

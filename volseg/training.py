@@ -246,13 +246,16 @@ class Trainer:
             save_checkpoint({k: v for k, v in checkpoint.items() if k != "training"}, self.run_dir / BEST)
 
     # ------------------------------------------------------------------ loop
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One epoch of ``iterations_per_epoch`` steps; returns the mean loss and timing."""
+    def train_epoch(self, epoch: int, bar: Any = None) -> dict[str, float]:
+        """One epoch of ``iterations_per_epoch`` steps; returns the mean loss and timing.
+
+        ``bar`` is a tqdm-like bar over the whole run (one update per step).
+        """
         self.model.train()
         steps, device = self.config.training.iterations_per_epoch, self.context.device
         total_loss, waited, started = 0.0, 0.0, time.perf_counter()
-        bar = self.progress_bar(total=steps, desc=f"epoch {epoch + 1}/{self.config.training.epochs}", leave=False) \
-            if self.progress_bar else None
+        if bar is not None:
+            bar.set_description(f"epoch {epoch + 1}/{self.config.training.epochs}")
         batches = iter(self._loader(epoch))
         for step in range(steps):
             before = time.perf_counter()
@@ -267,8 +270,6 @@ class Trainer:
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                 bar.update(1)
-        if bar is not None:
-            bar.close()
         elapsed = time.perf_counter() - started
         mean_loss = torch.tensor([total_loss / steps], device=device)
         if self.context.enabled:
@@ -308,8 +309,18 @@ class Trainer:
         """
         config, epoch = self.config, self.start_epoch - 1
         last = config.training.epochs if until_epoch is None else min(until_epoch, config.training.epochs)
+        steps = max(last - self.start_epoch, 0) * config.training.iterations_per_epoch
+        bar = self.progress_bar(total=steps, unit="step", dynamic_ncols=True) if self.progress_bar else None
+        try:
+            return self._fit_epochs(last, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _fit_epochs(self, last: int, bar: Any) -> TrainResult:
+        config, epoch = self.config, self.start_epoch - 1
         for epoch in range(self.start_epoch, last):
-            row: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+            row: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch, bar)}
             is_best = False
             if self.val_dataset is not None and (epoch + 1) % config.training.val_every == 0:
                 scores = validate(self.network, self.val_dataset, config, self.context, self.autocast_dtype)
