@@ -23,9 +23,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+    yield
+    # Deterministic training switches a process-wide flag: do not let it reach the next test.
+    torch.use_deterministic_algorithms(False)
 
 
 def require_data(*parts: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,11 +29,41 @@ def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(temporary, target)
         _fsync(target.parent)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
+        _discard(temporary)
         raise OutputError(f"cannot write '{target}': {error.strerror or error}") from error
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        _discard(temporary)
         raise
+
+
+def _discard(temporary: Path) -> None:
+    """Remove a temporary file if it is there; a failure here (e.g. the folder itself could not
+    be made, so the path's parent is not a folder) must not hide the error being raised."""
+    try:
+        temporary.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def temporaries_of(path: str | os.PathLike) -> list[Path]:
+    """Temporary files that :func:`atomic_target` made for ``path`` and never renamed (left by a
+    process that was killed while writing it)."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.tmp-[0-9a-f]{{12}}-{re.escape(target.name)}")
+    return sorted(p for p in target.parent.iterdir() if pattern.fullmatch(p.name))
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files left for ``path`` by an interrupted write (see
+    :func:`temporaries_of`); call it only when about to write ``path`` again, since another
+    process writing the same path at the same moment would lose its temporary file. Returns
+    what was removed."""
+    stale = temporaries_of(path)
+    for temporary in stale:
+        _discard(temporary)
+    return stale
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

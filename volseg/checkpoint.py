@@ -142,8 +142,10 @@ def model_from_checkpoint(checkpoint: dict[str, Any], *, device: str | torch.dev
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint weights do not fit its network: {first}") from None
+        # The first line only says "Error(s) in loading state_dict for UNet:"; the second names a tensor.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = " ".join(lines[:2])[:300]
+        raise CheckpointError(f"checkpoint weights do not fit its network: {detail}") from None
     return model.to(device).eval()
 
 

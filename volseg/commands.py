@@ -103,6 +103,7 @@ def predict_command(args: argparse.Namespace) -> int:
     from volseg.predictor import Predictor
     from volseg.segment import OutputOptions, segment
 
+    _check_predict_options(args)
     options = OutputOptions(
         overwrite=args.overwrite,
         probabilities=args.save_probabilities,
@@ -144,6 +145,18 @@ def predict_command(args: argparse.Namespace) -> int:
     done = [o for o in outcomes if not o.skipped]
     logger.info("segmented %d case(s), skipped %d finished; outputs in %s", len(done), len(outcomes) - len(done), args.output)
     return 0
+
+
+def _check_predict_options(args: argparse.Namespace) -> None:
+    """Refuse bad option values before the model is loaded and any case is read."""
+    import math
+
+    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
+        raise ConfigError(f"--overlap {args.overlap} is not valid; allowed: 0 <= overlap < 1")
+    if args.batch is not None and args.batch < 1:
+        raise ConfigError(f"--batch {args.batch} is not valid; allowed: 1 or more windows per network call")
+    if args.min_size is not None and not (math.isfinite(args.min_size) and args.min_size >= 0):
+        raise ConfigError(f"--min-size {args.min_size} is not valid; allowed: a volume in mL, 0 or more")
 
 
 def evaluate_command(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import gzip
 import logging
 import os
 import re
+import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ import numpy.typing as npt
 import SimpleITK as sitk
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
+from numpy.lib import recfunctions
 
 from volseg.errors import ConfigError, InputFileError, OutputExistsError, ShapeError
 from volseg.atomic import atomic_target
@@ -39,7 +41,8 @@ WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha")
 MAX_BYTES = 8 * 1024**3  # default limit on the memory a header may claim, checked before loading
 
 _LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse: flips x and y
-_NIFTI_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError)
+# OverflowError: a header field nibabel turns into an integer is infinite (e.g. vox_offset).
+_NIFTI_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError, OverflowError)
 
 
 @dataclass
@@ -92,7 +95,8 @@ class Volume:
     def channels_first(self) -> np.ndarray:
         """The array as ``(C, *S)`` float32 (``C = 1`` for a scalar volume)."""
         arr = self.array if self.array.ndim > self.spatial_dims else self.array[..., None]
-        return np.ascontiguousarray(np.moveaxis(arr, -1, 0), dtype=np.float32)
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, which callers reject as non-finite
+            return np.ascontiguousarray(np.moveaxis(arr, -1, 0), dtype=np.float32)
 
 
 def _suffix(path: Path, allowed: tuple[str, ...] = READ_SUFFIXES) -> str | None:
@@ -117,6 +121,8 @@ def _check_shape(path: Path, shape: tuple[int, ...], itemsize: int, max_bytes: i
     shape = tuple(int(n) for n in shape)
     if any(n <= 0 for n in shape):
         raise _fail(path, f"has a zero-sized dimension (shape {shape})")
+    if len(shape) < 2:
+        raise _fail(path, f"has {len(shape)} dimension(s) (shape {shape}); volseg reads 2D and 3D volumes")
     squeezed = shape[:3] + tuple(n for n in shape[3:] if n != 1)
     if len(squeezed) > 4:
         raise _fail(path, f"has {len(squeezed)} non-singleton dimensions (shape {shape}); "
@@ -168,36 +174,80 @@ def _from_sitk(image: sitk.Image, path: Path) -> Volume:
     return Volume(arr, affine, path, None, spatial_dims=min(dim, 3))
 
 
-def _read_gz_checked(path: Path, image_class: type) -> np.ndarray:
+def _read_gz_checked(path: Path, proxy: Any) -> np.ndarray:
     """Data of a .nii.gz read through Python's gzip reader to the end, so that the gzip CRC
-    is checked (nibabel reads only the bytes it needs and misses silent corruption)."""
+    is checked (nibabel reads only the bytes it needs and misses silent corruption).
+    ``proxy``: the ``dataobj`` of the image :func:`nibabel.load` read (its header is not
+    parsed again, so nibabel's header checks run once)."""
+    spec = (proxy.shape, proxy.dtype, proxy.offset, proxy.slope, proxy.inter)
     with gzip.open(path, "rb") as f:
-        arr = np.asanyarray(image_class.from_file_map({"image": nib.FileHolder(fileobj=f)}).dataobj)
+        arr = np.asanyarray(nib.arrayproxy.ArrayProxy(f, spec, mmap=False))
         while f.read(1 << 24):  # any trailing bytes; the CRC check happens at the end
             pass
     return arr
 
 
-def _read_nifti(path: Path, max_bytes: int) -> Volume:
-    try:
-        img = nib.load(str(path), mmap=False)
-        shape = img.shape
-        hdr_dtype = img.header.get_data_dtype()
-        scaled = img.dataobj.slope != 1 or img.dataobj.inter != 0
-    except _NIFTI_ERRORS as err:
-        raise _fail(path, f"not a valid NIfTI file ({err})") from err
+_NIBABEL_LOCK = threading.Lock()
+
+
+@contextmanager
+def _nibabel_messages() -> Iterator[list[str]]:
+    """Collect what nibabel's header checks report (it prints them to stderr itself, e.g.
+    "pixdim[1,2,3] should be non-zero; setting 0 dims to 1") instead of printing them."""
+    nib_logger = nib.imageglobals.logger
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    collector = _Collect()
+    with _NIBABEL_LOCK:  # the handlers are global: one swap at a time
+        handlers, propagate = list(nib_logger.handlers), nib_logger.propagate
+        for handler in handlers:
+            nib_logger.removeHandler(handler)
+        nib_logger.addHandler(collector)
+        nib_logger.propagate = False
+        try:
+            yield messages
+        finally:
+            nib_logger.removeHandler(collector)
+            for handler in handlers:
+                nib_logger.addHandler(handler)
+            nib_logger.propagate = propagate
+
+
+def _read_nifti(path: Path, max_bytes: int, fixes: list[str]) -> Volume:
+    """Read a NIfTI file; what nibabel corrected in its header is added to ``fixes``."""
+    with _nibabel_messages() as messages:
+        try:
+            img = nib.load(str(path), mmap=False)
+            shape = img.shape
+            hdr_dtype = img.header.get_data_dtype()
+            scaled = img.dataobj.slope != 1 or img.dataobj.inter != 0
+        except _NIFTI_ERRORS as err:
+            raise _fail(path, f"not a valid NIfTI file ({err})") from err
+    fixes += dict.fromkeys(messages)
+    if hdr_dtype.kind == "c" or (hdr_dtype.fields and len({f[0] for f in hdr_dtype.fields.values()}) != 1):
+        raise _fail(path, f"has {hdr_dtype} voxels; volseg reads integer or float data (RGB as 3 channels)")
     # nibabel applies scl_slope/scl_inter when set, giving float64 data.
     shape = _check_shape(path, shape, 8 if scaled else hdr_dtype.itemsize, max_bytes)
     _check_affine(path, img.affine)
     try:
         gz = path.name.lower().endswith(".gz")
-        arr = _read_gz_checked(path, type(img)) if gz else np.asanyarray(img.dataobj)
+        arr = _read_gz_checked(path, img.dataobj) if gz else np.asanyarray(img.dataobj)
     except _NIFTI_ERRORS as err:
         raise _fail(path, f"truncated or corrupt image data ({err})") from err
     arr = np.asarray(arr).reshape(shape, order="A")
+    spatial_dims = 2 if len(shape) == 2 else 3
+    if arr.dtype.fields:  # RGB(A): one channel per colour, channels last
+        if len(shape) > 3:
+            raise _fail(path, f"is a {len(shape)}D {arr.dtype} volume; colour volumes can have 2 or 3 dimensions")
+        arr = recfunctions.structured_to_unstructured(arr)
+        shape = shape + arr.shape[-1:]
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    return Volume(arr, img.affine, path, img.header, spatial_dims=2 if len(shape) == 2 else 3)
+    return Volume(arr, img.affine, path, img.header, spatial_dims=spatial_dims)
 
 
 def _read_itk_file(path: Path, max_bytes: int) -> Volume:
@@ -235,8 +285,8 @@ def _read_dicom_series(folder: Path, series_id: str | None, max_bytes: int) -> V
     if not ids:
         raise _fail(folder, "is a folder but holds no DICOM series")
     if series_id is None and len(ids) > 1:
-        raise _fail(folder, f"holds {len(ids)} DICOM series; pass series_id= one of: "
-                    f"{', '.join(ids)}")
+        raise _fail(folder, f"holds {len(ids)} DICOM series ({', '.join(ids)}); give a folder that holds "
+                    "one series (in Python, read_volume(..., series_id=) picks one)")
     if series_id is not None and series_id not in ids:
         raise _fail(folder, f"has no DICOM series {series_id!r}; found: {', '.join(ids)}")
     files = reader.GetGDCMSeriesFileNames(str(folder), series_id or ids[0])
@@ -275,8 +325,11 @@ def read_volume(
     Raises :class:`InputFileError` for any unreadable or invalid input.
     """
     path = Path(path)
+    fixes: list[str] = []  # what nibabel corrected in a NIfTI header
     if not path.exists():
         raise _fail(path, "no such file or folder")
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):  # else readers blame the format
+        raise _fail(path, "is not readable by this user (permission denied)")
     if path.is_dir():
         volume = _read_dicom_series(path, series_id, max_bytes)
     else:
@@ -284,10 +337,11 @@ def read_volume(
         if suffix is None:
             raise _fail(path, f"unknown file extension; supported: {', '.join(READ_SUFFIXES)} "
                         "or a DICOM series folder")
-        reader = _read_nifti if suffix in NIFTI_SUFFIXES else _read_itk_file
-        volume = reader(path, max_bytes)
+        volume = _read_nifti(path, max_bytes, fixes) if suffix in NIFTI_SUFFIXES else _read_itk_file(path, max_bytes)
     if not allow_nonfinite:
         check_finite(volume)
+    if fixes:  # said only for a usable file: an error says all there is to say
+        logger.warning("%s: nibabel corrected its header: %s", path, "; ".join(fixes))
     if dtype is not None:
         volume.array = volume.array.astype(dtype, copy=False)
     logger.debug("read %s: shape %s, %s, %s, spacing %s", path, volume.array.shape,

@@ -84,7 +84,12 @@ class Predictor:
         inference = config.inference
         self.roi_size = list(inference.roi_size or config.sampling.patch_size)
         self.overlap = inference.overlap if overlap is None else overlap
-        self.sw_batch_size = sw_batch_size or inference.sw_batch_size
+        self.sw_batch_size = inference.sw_batch_size if sw_batch_size is None else sw_batch_size
+        if not 0.0 <= self.overlap < 1.0:  # checked here, before any case is read
+            raise ConfigError(f"overlap={self.overlap} is not valid; allowed: 0 <= overlap < 1")
+        batch = self.sw_batch_size
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise ConfigError(f"sw_batch_size={self.sw_batch_size!r} is not valid; allowed: an integer, 1 or more")
         self.blend = blend or inference.blend
         tta = self.device.type == "cuda" if tta is None else tta
         self.tta_flips = (list(inference.tta_flips) or list(range(self.network.spatial_dims))) if tta else []

@@ -4,7 +4,8 @@ For a case ``<name>`` the outputs are ``<name>.nii.gz`` (labels, on the input's 
 when asked for, ``<name>_probabilities.nii.gz`` (channels last), ``<name>_uncertainty.nii.gz``,
 ``<name>_stats.json`` and ``<name>_preview.png``. The label file is written last and every
 file atomically, so a label file that exists marks a finished case: an interrupted folder
-run started again skips those and redoes the rest.
+run started again skips those and redoes the rest (removing the temporary files a kill left
+for the outputs it redoes).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from volseg.atomic import remove_stale_temporaries
 from volseg.data.datasets import split_volume_name
 from volseg.errors import ConfigError, OutputExistsError
 from volseg.io import WRITE_SUFFIXES, write_volume
@@ -118,7 +120,10 @@ def segment_case(predictor: Predictor, case: PredictionInput, labels_path: Path,
     labels = postprocess(prediction.labels, prediction, options)
     labels = to_brats_convention(labels, predictor, case.brats_convention)
     reference, side = prediction.reference, output_paths(labels_path)
-    # Side outputs may be left from an interrupted run of this (unfinished) case: replace them.
+    # Side outputs may be left from an interrupted run of this (unfinished) case: replace them,
+    # and delete the temporary files a kill left while writing them.
+    for path in (labels_path, *side.values()):
+        remove_stale_temporaries(path)
     if prediction.probabilities is not None:
         write_volume(side["probabilities"], prediction.probabilities, reference, overwrite=True)
     if prediction.uncertainty is not None:

@@ -26,6 +26,7 @@ from monai.utils import set_determinism
 from monai.data.utils import set_rnd
 from torch.utils.data import RandomSampler
 
+from volseg.atomic import remove_stale_temporaries
 from volseg.checkpoint import build_checkpoint, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from volseg.config import Config, dump_config
 from volseg.data.datasets import find_cases
@@ -97,7 +98,8 @@ def _seed_worker(worker_id: int, *, seed: int) -> None:
 
 
 class Trainer:
-    """Train ``config`` into ``run_dir``; ``resume=True`` continues from ``run_dir/last.pt``.
+    """Train ``config`` into ``run_dir``; ``resume=True`` continues from ``run_dir/last.pt``
+    (from epoch 1 when the run was stopped before its first checkpoint).
 
     ``progress_bar`` is a tqdm-like class used on the main process (None: no bar).
     """
@@ -115,6 +117,7 @@ class Trainer:
         self.config, self.run_dir = config, Path(run_dir)
         self.context = context or init_distributed(config.training.device)
         self.progress_bar = progress_bar if self.context.is_main else None
+        self._new_splits: tuple[list[dict[str, list[str]]], Path] | None = None
         if not resume and (self.run_dir / LAST).exists() and not overwrite:
             raise OutputExistsError(
                 f"{self.run_dir} holds a run already; use --resume {self.run_dir} to continue it or --overwrite to start again"
@@ -159,9 +162,15 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.log = RunLog(self.run_dir, tensorboard=self.context.is_main) if self.context.is_main else None
         self.start_epoch, self.best_metric, self.best_epoch, self.stale_validations = 0, None, None, 0
-        if resume:
+        if self.context.is_main:
+            self._remove_stale_temporaries()
+            if self._new_splits is not None:
+                save_folds(*self._new_splits)
+        if resume and (self.run_dir / LAST).exists():
             self._resume()
         elif self.context.is_main:
+            if resume:  # killed before its first checkpoint: start it again from epoch 1
+                logger.info("%s holds no %s yet; starting the run from epoch 1", self.run_dir, LAST)
             dump_config(config, self.run_dir / CONFIG_FILE, header=f"resolved config of the run in {self.run_dir}")
 
     # ------------------------------------------------------------------ data
@@ -180,8 +189,9 @@ class Trainer:
             folds = load_folds(splits)
         else:
             folds = make_folds(dataset.case_ids, data.num_folds, seed=12345)
-            if self.context.is_main:
-                save_folds(folds, splits)
+            # Written with config.yaml, once the cases have loaded: a run that fails on its
+            # data leaves no splits behind to disagree with the fixed dataset.
+            self._new_splits = (folds, splits)
         train_ids, val_ids = split_for_fold(folds, data.fold)
         by_id = {case.case_id: case for case in dataset.cases}
         missing = sorted(set(train_ids + val_ids) - set(by_id))
@@ -209,6 +219,12 @@ class Trainer:
         )
 
     # ---------------------------------------------------------------- resume
+    def _remove_stale_temporaries(self) -> None:
+        """Delete the temporary files a killed run left while writing its files (this run rewrites them)."""
+        for name in (LAST, BEST, CONFIG_FILE, SPLITS_FILE, "metrics.csv", "curves.png"):
+            for stale in remove_stale_temporaries(self.run_dir / name):
+                logger.debug("removed %s, left by an interrupted write", stale)
+
     def _resume(self) -> None:
         checkpoint = load_checkpoint(self.run_dir / LAST, map_location=self.context.device)
         training = checkpoint.get("training")
@@ -241,9 +257,12 @@ class Trainer:
             "history": self.log.history if self.log else [],
         }
         checkpoint = build_checkpoint(self.model, self.config, metrics=metrics, training=training)
-        save_checkpoint(checkpoint, self.run_dir / LAST)
+        # best.pt first: a kill between the two writes leaves last.pt one epoch behind, and the
+        # resumed run redoes that epoch and writes best.pt again. The other order would leave a
+        # last.pt that names this epoch as the best while best.pt holds an older one, for good.
         if is_best:
             save_checkpoint({k: v for k, v in checkpoint.items() if k != "training"}, self.run_dir / BEST)
+        save_checkpoint(checkpoint, self.run_dir / LAST)
 
     # ------------------------------------------------------------------ loop
     def train_epoch(self, epoch: int, bar: Any = None) -> dict[str, float]:

@@ -118,7 +118,12 @@ class LoadVolumed(MapTransform):
             if volume is not first and not vio.same_grid(first, volume, atol=self.atol):
                 raise ShapeError(f"case {case}: channel files {first.path} and {volume.path} have different grids "
                                  f"(shapes {first.spatial_shape} vs {volume.spatial_shape} or affines differ)")
-        image = np.concatenate([v.channels_first() for v in volumes])
+        arrays = [v.channels_first() for v in volumes]  # float32
+        for volume, array in zip(volumes, arrays):
+            if not np.isfinite(array).all():  # finite in the file (float64, scaled) but not in float32
+                raise InputFileError(f"case {case}: {volume.path} has values beyond the float32 range "
+                                     f"(magnitude over {np.finfo(np.float32).max:.3g}); rescale the file")
+        image = np.concatenate(arrays)
         meta = {"affine": torch.as_tensor(first.affine, dtype=torch.float64), "original_affine": first.affine.copy(),
                 "spatial_shape": np.asarray(first.spatial_shape), "space": "RAS", "filename_or_obj": str(paths[0])}
         d[IMAGE] = MetaTensor(torch.from_numpy(image), meta=meta)
