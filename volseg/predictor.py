@@ -22,7 +22,8 @@ import torch
 from volseg.bundled import resolve_model
 from volseg.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
 from volseg.config import Config
-from volseg.data.transforms import class_indices_to_labels, inference_transforms, invert_to_input, regions_to_labels
+from volseg.data.labels import class_indices_to_labels, regions_to_labels
+from volseg.data.transforms import inference_transforms, invert_to_input
 from volseg.distributed import resolve_device
 from volseg.errors import ConfigError, ShapeError
 from volseg.inference import flip_combinations, sliding_window_inference
