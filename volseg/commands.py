@@ -6,6 +6,7 @@ Only this module and :mod:`volseg.cli` print. Every handler returns the exit cod
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -40,7 +41,7 @@ def plan_command(args: argparse.Namespace) -> int:
 
     outputs = [Path(p) for p in (args.output, args.fingerprint) if p is not None]
     check_outputs_free(outputs, args.overwrite)
-    with tqdm(desc="fingerprint", unit="case", disable=args.quiet, file=sys.stderr, delay=0.5) as bar:
+    with tqdm(desc="fingerprint", unit="case", disable=_bars_off(args), file=sys.stderr, delay=0.5) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -85,10 +86,16 @@ def train_command(args: argparse.Namespace) -> int:
         raise ConfigError("give a CONFIG file to start a run, or --resume RUN_DIR to continue one")
     with logging_redirect_tqdm():  # per-epoch log lines print above the progress bar, not through it
         result = train(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite,
-                       until_epoch=args.until_epoch, progress_bar=None if args.quiet else tqdm)
+                       until_epoch=args.until_epoch,
+                       progress_bar=None if args.quiet else functools.partial(tqdm, disable=_bars_off(args)))
     best = "no validation" if result.best_metric is None else f"best mean Dice {result.best_metric:.4f} at epoch {result.best_epoch}"
     logger.info("finished %d epochs in %s: %s", result.epochs_run, result.run_dir, best)
     return 0
+
+
+def _bars_off(args: argparse.Namespace) -> bool | None:
+    """Progress bars: never with --quiet, else only on a terminal (tqdm's ``None``): logs stay readable."""
+    return True if args.quiet else None
 
 
 def check_outputs_free(paths: Sequence[Path], overwrite: bool) -> None:
@@ -113,7 +120,7 @@ def predict_command(args: argparse.Namespace) -> int:
         stats=args.stats,
         preview=args.preview,
     )
-    windows = tqdm(desc="windows", unit="window", leave=False, disable=args.quiet, file=sys.stderr, delay=1.0)
+    windows = tqdm(desc="windows", unit="window", leave=False, disable=_bars_off(args), file=sys.stderr, delay=1.0)
 
     def window_progress(done: int, total: int) -> None:
         if done <= windows.n:
@@ -125,7 +132,7 @@ def predict_command(args: argparse.Namespace) -> int:
         args.model, device=args.device, overlap=args.overlap, sw_batch_size=args.batch, tta=args.tta,
         progress=window_progress,
     )
-    cases = tqdm(desc="cases", unit="case", disable=args.quiet, file=sys.stderr, delay=1.0)
+    cases = tqdm(desc="cases", unit="case", disable=_bars_off(args), file=sys.stderr, delay=1.0)
 
     def report(outcome, done: int, total: int) -> None:
         cases.total = total
