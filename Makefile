@@ -26,6 +26,7 @@ DEMO_OUT := demo_output
 
 # The main job: segment the bundled sample MRI with the bundled hippocampus model.
 demo: $(STAMP)
+	rm -rf $(DEMO_OUT)
 	$(BIN)/volseg predict -m hippocampus -i $(SAMPLE) -o $(DEMO_OUT) --stats --preview --overwrite
 	@echo "outputs: $$(ls $(DEMO_OUT) | sed 's|^|$(DEMO_OUT)/|' | tr '\n' ' ')"
 
