@@ -152,23 +152,27 @@ def postprocess(labels: np.ndarray, prediction: Prediction, options: OutputOptio
     return labels
 
 
-def to_brats_convention(labels: np.ndarray, predictor: Predictor, convention: str | None) -> np.ndarray:
-    """Write BraTS cases in their own convention: enhancing tumour is 4 (2018-2021) or 3 (2023+)."""
-    if convention is None:
-        return labels
+def brats_value_map(predictor: Predictor, convention: str | None) -> dict[int, int]:
+    """The relabelling that writes a BraTS case in its own convention: enhancing tumour is 4
+    (2018-2021) or 3 (2023+); empty when the model already uses the case's convention."""
     values = set(predictor.labels)
     if convention == "brats2023" and 4 in values and 3 not in values:
-        return np.where(labels == 4, 3, labels).astype(labels.dtype)
+        return {4: 3}
     if convention == "brats2021" and 3 in values and 4 not in values:
-        return np.where(labels == 3, 4, labels).astype(labels.dtype)
+        return {3: 4}
+    return {}
+
+
+def to_brats_convention(labels: np.ndarray, predictor: Predictor, convention: str | None) -> np.ndarray:
+    """``labels`` (*S) relabelled by :func:`brats_value_map`."""
+    for old, new in brats_value_map(predictor, convention).items():
+        labels = np.where(labels == old, new, labels).astype(labels.dtype)
     return labels
 
 
 def _names_in_convention(predictor: Predictor, convention: str | None) -> dict[int, str]:
-    names = predictor.label_names
-    if convention == "brats2023" and 4 in names and 3 not in names:
-        names = {(3 if value == 4 else value): name for value, name in names.items()}
-    return names
+    mapping = brats_value_map(predictor, convention)
+    return {mapping.get(value, value): name for value, name in predictor.label_names.items()}
 
 
 def ras_views(image: np.ndarray, labels: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
