@@ -8,7 +8,7 @@ TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.volseg-installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test demo clean
+.PHONY: install test demo bench-env clean
 
 install: $(STAMP)
 
@@ -30,5 +30,23 @@ demo: $(STAMP)
 	$(BIN)/volseg predict -m hippocampus -i $(SAMPLE) -o $(DEMO_OUT) --stats --preview --overwrite
 	@echo "outputs: $$(ls $(DEMO_OUT) | sed 's|^|$(DEMO_OUT)/|' | tr '\n' ' ')"
 
+# A separate environment for scripts/bench_inference.py with nnU-Net v2 beside volseg, so that
+# the benchmark can time nnU-Net's own predictor; nnunetv2 stays out of volseg's dependencies
+# and out of $(VENV). The constraints file keeps pip on the same CPU torch; torchvision (pulled
+# in by nnU-Net's network package) is removed again: the only build matching this torch is a
+# CUDA one that fails to import, and nnU-Net's predictor does not need it.
+BENCH_VENV  := .venv-bench
+BENCH_BIN   := $(BENCH_VENV)/bin
+BENCH_STAMP := $(BENCH_VENV)/.bench-installed
+
+bench-env: $(BENCH_STAMP)
+
+$(BENCH_STAMP): pyproject.toml scripts/bench-constraints.txt
+	test -x $(BENCH_BIN)/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_BIN)/python -m pip install --quiet $(TORCH)
+	$(BENCH_BIN)/python -m pip install --quiet -c scripts/bench-constraints.txt -e . nnunetv2
+	$(BENCH_BIN)/python -m pip uninstall --quiet -y torchvision
+	touch $(BENCH_STAMP)
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache $(DEMO_OUT)
+	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info .pytest_cache $(DEMO_OUT)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,13 @@ def test_importance_map_is_cached_centred_and_positive():
     assert weights is importance_map((9, 7, 5))
     assert weights[4, 3, 2] == weights.max() == 1.0 and weights.min() > 0
     assert torch.equal(weights, weights.flip(0)) and torch.equal(importance_map((3, 3), "constant"), torch.ones(3, 3))
+
+
+def test_importance_map_corners_keep_their_small_gaussian_weight():
+    # 8 voxels, sigma 1, centre 3.5: the corner lies 3.5 from the centre on each axis and the
+    # peak 0.5, so corner / peak = exp(-(3 * 3.5**2 - 3 * 0.5**2) / 2) = exp(-18) (no floor above it).
+    weights = importance_map((8, 8, 8))
+    assert float(weights[0, 0, 0]) == pytest.approx(math.exp(-18.0), rel=1e-4)
 
 
 @pytest.mark.parametrize("blend", ["gaussian", "constant"])

@@ -142,7 +142,7 @@ def test_cli_predict_writes_every_output(tmp_path, capsys):
     write_case(tmp_path / "in.nii.gz", AFFINES["LPS"])
     out = tmp_path / "out" / "seg.nii.gz"
     argv = ["predict", "-m", str(checkpoint), "-i", str(tmp_path / "in.nii.gz"), "-o", str(out), "--stats", "--preview",
-            "--save-probabilities", "--uncertainty", "--largest-component", "--quiet"]
+            "--save-probabilities", "--uncertainty", "--largest-component", "--batch", "auto", "--quiet"]
     assert main(argv) == 0
     names = sorted(p.name for p in out.parent.iterdir())
     assert names == ["seg.nii.gz", "seg_preview.png", "seg_probabilities.nii.gz", "seg_stats.json", "seg_uncertainty.nii.gz"]

@@ -181,8 +181,10 @@ def _check_predict_options(args: argparse.Namespace) -> None:
 
     if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
         raise ConfigError(f"--overlap {args.overlap} is not valid; allowed: 0 <= overlap < 1")
-    if args.batch is not None and args.batch < 1:
-        raise ConfigError(f"--batch {args.batch} is not valid; allowed: 1 or more windows per network call")
+    if args.batch not in (None, "auto"):
+        if not args.batch.lstrip("-").isdigit() or int(args.batch) < 1:
+            raise ConfigError(f"--batch {args.batch} is not valid; allowed: auto, or 1 or more windows per network call")
+        args.batch = int(args.batch)
     if args.min_size is not None and not (math.isfinite(args.min_size) and args.min_size >= 0):
         raise ConfigError(f"--min-size {args.min_size} is not valid; allowed: a volume in mL, 0 or more")
 
@@ -331,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overlap", type=float, help="sliding-window overlap (default: the model's, usually 0.5)")
     predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                          help="mirror test-time augmentation (default: on with CUDA, off on CPU)")
-    predict.add_argument("--batch", type=int, help="windows per network call (default: the model's)")
+    predict.add_argument("--batch", metavar="N|auto",
+                         help="windows per network call; auto: as many as fit in memory (default: the model's)")
     predict.add_argument("--save-probabilities", action="store_true", help="also write class probabilities (4D)")
     predict.add_argument("--uncertainty", nargs="?", const="entropy", choices=("entropy", "tta-variance"),
                          help="also write a voxel-wise uncertainty map (default entropy)")

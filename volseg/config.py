@@ -188,7 +188,7 @@ class InferenceConfig:
     roi_size: Union[list[int], None] = _field(None, "sliding-window size (default: the training patch size)")
     overlap: float = _field(0.5, "fraction of a window shared with its neighbour")
     blend: Literal["gaussian", "constant"] = _field("gaussian", "how overlapping windows are averaged")
-    sw_batch_size: int = _field(4, "windows per network call")
+    sw_batch_size: Union[int, Literal["auto"]] = _field("auto", "windows per network call (auto: as many as fit in memory)")
     tta_flips: list[int] = _field([], "spatial axes mirrored for test-time augmentation")
 
 
@@ -317,9 +317,10 @@ def check_config(config: Config) -> None:
         "training.epochs": config.training.epochs,
         "training.iterations_per_epoch": config.training.iterations_per_epoch,
         "training.val_every": config.training.val_every,
-        "inference.sw_batch_size": config.inference.sw_batch_size,
         "optimizer.lr": config.optimizer.lr,
     }
+    if config.inference.sw_batch_size != "auto":
+        positive["inference.sw_batch_size"] = config.inference.sw_batch_size
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}={value} is not valid; allowed: a positive number")

@@ -3,7 +3,8 @@
 Windows are spread evenly over the (padded) volume, batched, run under
 ``torch.inference_mode`` (optionally autocast), weighted by a Gaussian importance map
 computed once, and accumulated on ``output_device``, so the stitched logits can live in
-host memory while windows run on the GPU. Networks whose output is smaller than their
+host memory while windows run on the GPU. The first call tunes glibc malloc to keep freed
+buffers (see :mod:`volseg.allocator`). Networks whose output is smaller than their
 input (the paper's valid-convolution U-Net) are tiled by output: each window carries its
 context, mirrored at the volume's border (the U-Net paper's overlap-tile strategy).
 2D networks segment volumes slice by slice.
@@ -11,16 +12,20 @@ context, mirrored at the volume's border (the U-Net paper's overlap-tile strateg
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+import numbers
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from volseg.allocator import keep_freed_memory
 from volseg.errors import ConfigError, ShapeError, choice_error
+from volseg.window_batch import ActivationMeter, window_batch_size
 
 BLEND_MODES = ("gaussian", "constant")
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -49,10 +54,11 @@ def _importance_map(shape: tuple[int, ...], mode: str, device: torch.device, dty
         coordinates = torch.arange(size, dtype=torch.float64)
         axes.append(torch.exp(-((coordinates - centre) ** 2) / (2 * sigma**2)))
     weights = functools.reduce(lambda a, b: a[..., None] * b, axes)
-    weights = weights / weights.max()
-    # Zero weights at the corners would leave voxels covered only there undefined.
-    weights = weights.clamp_min(weights[weights > 0].min().item() if (weights > 0).any() else 1.0).clamp_min(1e-4)
-    return weights.to(device=device, dtype=dtype)
+    weights = (weights / weights.max()).to(dtype)
+    # The corners of a 3D window weigh exp(-24) of the centre (sigma = window / 8); a zero
+    # weight there (a 2D-only window of extreme size, or a low-precision dtype) would leave
+    # the voxels covered only by corners undefined.
+    return weights.clamp_min(torch.finfo(dtype).tiny).to(device=device)
 
 
 def importance_map(shape: Sequence[int], mode: str = "gaussian", device: str | torch.device = "cpu") -> torch.Tensor:
@@ -83,7 +89,7 @@ def sliding_window_inference(
     *,
     overlap: float = 0.5,
     blend: str = "gaussian",
-    sw_batch_size: int = 4,
+    sw_batch_size: int | str = "auto",
     tta_flips: Sequence[int] = (),
     device: str | torch.device | None = None,
     output_device: str | torch.device | None = None,
@@ -100,7 +106,9 @@ def sliding_window_inference(
         roi_size: the window, one size per spatial axis of the network.
         overlap: fraction of a window shared with its neighbour, 0 <= overlap < 1.
         blend: ``"gaussian"`` (weights fall off from the window centre) or ``"constant"``.
-        sw_batch_size: windows per network call.
+        sw_batch_size: windows per network call, or ``"auto"``: the first window runs alone
+            and measures its activation memory, the rest go in batches sized to the free
+            memory (see :mod:`volseg.window_batch`).
         tta_flips: spatial axes (0-based) mirrored for test-time augmentation; every
             combination is run and the logits averaged.
         device: where the network runs (default: the network's parameters' device).
@@ -118,6 +126,7 @@ def sliding_window_inference(
                                tta_flips=tta_flips, device=device, output_device=output_device, autocast=autocast,
                                progress=progress)
     _check_arguments(image, roi_size, overlap, sw_batch_size, autocast, tta_flips)
+    keep_freed_memory()  # windows reuse each other's freed buffers instead of faulting in fresh pages
     roi = tuple(int(r) for r in roi_size)
     if device is None:
         device = next(network.parameters()).device
@@ -142,13 +151,19 @@ def sliding_window_inference(
     logits: torch.Tensor | None = None
     coverage = torch.zeros((1, 1, *grid), device=output_device, dtype=torch.float32)
     jobs = [(case, position) for case in range(num_cases) for position in positions]
-    total = len(jobs)
+    total, done = len(jobs), 0
+    size = 1 if sw_batch_size == "auto" else sw_batch_size
+    meter = ActivationMeter(network, device) if sw_batch_size == "auto" and total > 1 else None
     with torch.inference_mode(), _autocast_context(device, autocast):
-        for done, batch in _batches(jobs, sw_batch_size):
+        while done < total:
+            batch = jobs[done : done + size]
             windows = torch.cat(
                 [padded[(slice(case, case + 1), slice(None), *_window(position, roi))] for case, position in batch]
             ).to(device, non_blocking=True)
-            prediction = _predict_with_flips(network, windows, flips)
+            with meter or contextlib.nullcontext():
+                prediction = _predict_with_flips(network, windows, flips)
+            if meter is not None:  # the first window, alone, measured what one costs: size the rest
+                size, meter = window_batch_size(meter.per_call, device, windows=total - 1), None
             prediction = prediction.to(device=output_device, dtype=torch.float32)
             if logits is None:
                 with torch.inference_mode(False):  # a normal tensor: callers may modify the result in place
@@ -158,6 +173,7 @@ def sliding_window_inference(
                 logits[(case, slice(None), *region)].addcmul_(prediction[index], weights)
                 if case == 0:
                     coverage[(0, 0, *region)].add_(weights)
+            done += len(batch)
             if progress is not None:
                 progress(done, total)
     assert logits is not None
@@ -195,6 +211,12 @@ def _slice_by_slice(network: nn.Module, image: torch.Tensor, roi_size: Sequence[
     return logits.reshape(num_cases, depth, *logits.shape[1:]).permute(0, 2, 3, 4, 1)
 
 
+def check_sw_batch_size(value: object) -> None:
+    """Raise ConfigError unless ``value`` is ``"auto"`` or an integer >= 1."""
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+        raise ConfigError(f"sw_batch_size={value!r} is not valid; allowed: 'auto' or an integer, 1 or more")
+
+
 def _check_arguments(image, roi_size, overlap, sw_batch_size, autocast, tta_flips) -> None:
     spatial = image.ndim - 2
     if image.ndim not in (4, 5):
@@ -203,8 +225,7 @@ def _check_arguments(image, roi_size, overlap, sw_batch_size, autocast, tta_flip
         raise ConfigError(f"roi_size={list(roi_size)} is not valid; give {spatial} positive sizes")
     if not 0.0 <= overlap < 1.0:
         raise ConfigError(f"overlap={overlap} is not valid; allowed: 0 <= overlap < 1")
-    if sw_batch_size < 1:
-        raise ConfigError(f"sw_batch_size={sw_batch_size} is not valid; allowed: 1 or more")
+    check_sw_batch_size(sw_batch_size)
     if autocast is not None and autocast not in AUTOCAST_DTYPES:
         raise choice_error("autocast", autocast, AUTOCAST_DTYPES)
     if any(not 0 <= a < spatial for a in tta_flips):
@@ -218,12 +239,6 @@ def _pad(image: torch.Tensor, low: tuple[int, ...], high: tuple[int, ...], mode:
     if mode == "reflect" and any(p >= s for p, s in zip(pads, [s for s in reversed(image.shape[2:]) for _ in (0, 1)])):
         mode = "replicate"  # the volume is thinner than the context: mirroring is impossible
     return F.pad(image, pads, mode=mode)
-
-
-def _batches(items: list, size: int) -> Iterator[tuple[int, list]]:
-    for start in range(0, len(items), size):
-        batch = items[start : start + size]
-        yield start + len(batch), batch
 
 
 def _autocast_context(device: torch.device, autocast: str | None):

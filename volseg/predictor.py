@@ -26,7 +26,7 @@ from volseg.data.labels import class_indices_to_labels, regions_to_labels
 from volseg.data.transforms import inference_transforms, invert_to_input
 from volseg.distributed import resolve_device
 from volseg.errors import ConfigError, ShapeError
-from volseg.inference import flip_combinations, sliding_window_inference
+from volseg.inference import check_sw_batch_size, flip_combinations, sliding_window_inference
 from volseg.io import Volume, read_volume
 from volseg.nn import SegmentationNetwork
 
@@ -88,9 +88,7 @@ class Predictor:
         self.sw_batch_size = inference.sw_batch_size if sw_batch_size is None else sw_batch_size
         if not 0.0 <= self.overlap < 1.0:  # checked here, before any case is read
             raise ConfigError(f"overlap={self.overlap} is not valid; allowed: 0 <= overlap < 1")
-        batch = self.sw_batch_size
-        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-            raise ConfigError(f"sw_batch_size={self.sw_batch_size!r} is not valid; allowed: an integer, 1 or more")
+        check_sw_batch_size(self.sw_batch_size)
         self.blend = blend or inference.blend
         tta = self.device.type == "cuda" if tta is None else tta
         self.tta_flips = (list(inference.tta_flips) or list(range(self.network.spatial_dims))) if tta else []

@@ -26,6 +26,7 @@ from monai.utils import set_determinism
 from monai.data.utils import set_rnd
 from torch.utils.data import RandomSampler
 
+from volseg.allocator import keep_freed_memory
 from volseg.atomic import remove_stale_temporaries
 from volseg.checkpoint import build_checkpoint, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from volseg.config import Config, dump_config
@@ -115,6 +116,7 @@ class Trainer:
         context: DistributedContext | None = None,
     ) -> None:
         self.config, self.run_dir = config, Path(run_dir)
+        keep_freed_memory()  # every step reuses the previous step's freed activations
         self.context = context or init_distributed(config.training.device)
         self.progress_bar = progress_bar if self.context.is_main else None
         self._new_splits: tuple[list[dict[str, list[str]]], Path] | None = None

@@ -660,6 +660,8 @@ CASES: list = [
      Fails("--overlap -0.1 is not valid")),
     ("--batch 0", input_nifti(image()), predict("in.nii.gz", "--batch", "0"), Fails("--batch 0 is not valid")),
     ("--batch -3", input_nifti(image()), predict("in.nii.gz", "--batch", "-3"), Fails("--batch -3 is not valid")),
+    ("--batch many", input_nifti(image()), predict("in.nii.gz", "--batch", "many"),
+     Fails("--batch many is not valid; allowed: auto, or 1 or more")),
     ("--min-size -1", input_nifti(image()), predict("in.nii.gz", "--min-size", "-1"),
      Fails("--min-size -1.0 is not valid")),
     ("--min-size nan", input_nifti(image()), predict("in.nii.gz", "--min-size", "nan"),
