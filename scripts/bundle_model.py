@@ -1,6 +1,7 @@
 """Bundle a trained run as a named model inside the package (``volseg predict -m NAME``).
 
     python scripts/bundle_model.py runs/hippocampus/fold_0 --name hippocampus --sample hippocampus_XXX
+    python scripts/bundle_model.py runs/brats_cpu/fold_0 --name brats --no-sample
 
 Writes ``volseg/models/NAME.pt`` (inference only, fp16 weights unless --fp32) and copies one
 case that the run held out for validation (image and label) into ``volseg/models/NAME_sample/``
@@ -27,6 +28,8 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="the bundled model's name")
     parser.add_argument("--sample", help="case id of the sample (default: the first validation case)")
     parser.add_argument("--checkpoint", default="best.pt", help="checkpoint in the run folder (default best.pt)")
+    parser.add_argument("--no-sample", action="store_true",
+                        help="ship no sample case (data whose licence does not allow redistribution, e.g. BraTS)")
     parser.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16, half the size)")
     parser.add_argument("--attribution", type=Path, help="text file with the dataset's licence and citation")
     args = parser.parse_args()
@@ -40,6 +43,9 @@ def main() -> None:
     slim = inference_only(checkpoint, half=not args.fp32)
     slim["metrics"] = {**checkpoint.get("metrics", {}), "bundled_from": str(args.run_dir / args.checkpoint)}
     target = save_checkpoint(slim, PACKAGE_MODELS / f"{args.name}.pt")
+    if args.no_sample:
+        print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB), no sample case")
+        return
 
     case = find_cases(config.data.root, layout=config.data.layout).case(sample_id)
     sample_dir = PACKAGE_MODELS / f"{args.name}_sample"

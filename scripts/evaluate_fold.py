@@ -3,9 +3,10 @@
     python scripts/evaluate_fold.py runs/hippocampus/fold_0 -o results/hippocampus_fold0
 
 Predicts every validation case of the run's fold with its best checkpoint through
-``volseg.Predictor`` (outputs on each input's grid), then scores them against the reference
-labels with ``volseg.metrics`` (Dice, IoU, HD95 and surface Dice in mm, volumes): writes
-``predictions/``, ``report.csv`` and ``summary.json`` into the output folder.
+``volseg.Predictor`` (outputs on each input's grid; BraTS cases from their folders), then
+scores them against the reference labels with ``volseg.metrics`` (Dice, IoU, HD95 and surface
+Dice in mm, volumes; per region for region-trained models): writes ``predictions/``,
+``report.csv`` and ``summary.json`` into the output folder.
 """
 
 from __future__ import annotations
@@ -35,20 +36,23 @@ def main() -> None:
     config = checkpoint_config(load_checkpoint(checkpoint_path))
     _, val_ids = split_for_fold(load_folds(args.run_dir / "splits.json"), config.data.fold)
     dataset = find_cases(config.data.root, layout=config.data.layout)
-    inputs, references = args.output / "inputs", args.output / "references"
-    for folder in (inputs, references):
-        folder.mkdir(parents=True, exist_ok=True)
-    for case_id in val_ids:  # links named by case id: the folder run pairs predictions and references by name
-        case = dataset.case(case_id)
-        for source, target in ((case.images[0], inputs / f"{case_id}.nii.gz"), (case.label, references / f"{case_id}.nii.gz")):
-            if not target.exists():
-                os.symlink(source.resolve(), target)
+    references, predictions = args.output / "references", args.output / "predictions"
+    references.mkdir(parents=True, exist_ok=True)
     predictor = Predictor.from_checkpoint(checkpoint_path, device="cpu", tta=args.tta)
     started = time.perf_counter()
-    predictor.predict_folder(inputs, args.output / "predictions", overwrite=True)
+    for case_id in val_ids:
+        case = dataset.case(case_id)
+        reference = references / f"{case_id}.nii.gz"  # named by case id: predictions pair with it by name
+        if not reference.exists():
+            os.symlink(case.label.resolve(), reference)
+        # one file per case, or the case's folder for multi-channel cases (BraTS)
+        source = case.images[0] if len(case.images) == 1 else case.images[0].parent
+        predictor.predict_file(source, predictions / f"{case_id}.nii.gz", overwrite=True)
     seconds = time.perf_counter() - started
-    labels = [value for value in sorted(config.data.labels) if value != 0]
-    rows = evaluate_folders(args.output / "predictions", references, labels=labels)
+    if config.data.regions:  # scored as the regions the model was trained on (BraTS: WT, TC, ET)
+        rows = evaluate_folders(predictions, references, regions=config.data.regions)
+    else:
+        rows = evaluate_folders(predictions, references, labels=[v for v in sorted(config.data.labels) if v != 0])
     summary = summarise(rows)
     write_report_csv(rows, summary, args.output / "report.csv", overwrite=True)
     names = {str(value): name for value, name in config.data.labels.items()}
