@@ -7,10 +7,11 @@ time of each is reported with ratios, voxels/s, achieved GFLOP/s and the worker'
 
 Default: the MONAI UNet (4 -> 3 channels, 16..256 features, 2 residual units) on a
 4 x 155 x 240 x 240 volume with 96^3 windows at overlap 0.5 (48 windows). ``--network``
-picks volseg's default BraTS or hippocampus network instead.
+picks the network of one of volseg's configs instead (see NETWORKS).
 
     python scripts/bench_inference.py                    # the full benchmark
     python scripts/bench_inference.py --quick            # a smaller volume, for a quick look
+    python scripts/bench_inference.py --network volseg-brats_cpu   # volseg's CPU BraTS network
     make bench-env && .venv-bench/bin/python scripts/bench_inference.py   # with nnU-Net v2
 """
 
@@ -28,7 +29,15 @@ from pathlib import Path
 
 import torch
 
-NETWORKS = ("monai-unet", "volseg-brats", "volseg-hippocampus")
+#: network -> (volume it segments (D, H, W), window): the issue's MONAI UNet on a BraTS volume;
+#: volseg's shipped configs on the volume their preprocessing produces (BraTS 240 x 240 x 155
+#: at 2 mm; a hippocampus crop), with their own windows.
+NETWORKS = {
+    "monai-unet": ((155, 240, 240), (96, 96, 96)),
+    "volseg-brats_cpu": ((78, 120, 120), (64, 64, 64)),
+    "volseg-hippocampus": ((36, 50, 35), (40, 56, 40)),
+    "volseg-brats": ((155, 240, 240), (112, 160, 160)),
+}
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
@@ -124,18 +133,21 @@ def methods(args) -> dict[str, tuple[str, int | str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--network", choices=NETWORKS, default="monai-unet")
-    parser.add_argument("--shape", type=int, nargs=3, default=[155, 240, 240], metavar=("D", "H", "W"))
-    parser.add_argument("--roi", type=int, nargs=3, default=[96, 96, 96])
+    parser.add_argument("--network", choices=NETWORKS, default="monai-unet",
+                        help="volseg-NAME: the network of configs/NAME.yaml (random weights)")
+    parser.add_argument("--shape", type=int, nargs=3, metavar=("D", "H", "W"), help="volume (default: per network)")
+    parser.add_argument("--roi", type=int, nargs=3, help="window (default: per network)")
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--monai-batches", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--volseg-batches", type=int, nargs="*", default=[4], help="fixed batches besides auto")
-    parser.add_argument("--quick", action="store_true", help="96 x 144 x 144 volume, 2 repeats")
+    parser.add_argument("--quick", action="store_true", help="a volume of at most 2 x 2 x 2 windows, 2 repeats")
     args = parser.parse_args()
+    default_shape, default_roi = NETWORKS[args.network]
+    args.shape, args.roi = args.shape or list(default_shape), args.roi or list(default_roi)
     if args.quick:
-        args.shape, args.repeats = [96, 144, 144], 2
+        args.shape, args.repeats = [min(s, 2 * r) for s, r in zip(args.shape, args.roi)], 2
     network, in_channels, _ = build_network(args.network)
     shape, roi = (in_channels, *args.shape), tuple(args.roi)
     windows = window_count(shape, roi, args.overlap)

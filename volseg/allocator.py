@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 # mallopt parameters (glibc malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_INT_MAX = 2**31 - 1
+_NEVER = -1  # as a trim threshold: glibc reads it as the largest size_t, so it never trims
 _applied: bool | None = None
 
 
@@ -46,7 +46,9 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     # mallopt returns 1 on success. No mmap for large blocks: they come from the heap and are
-    # reused; and never trim the heap's top, so the memory stays mapped between windows.
-    _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _INT_MAX))
+    # reused; and never trim the heap's top, so the memory stays mapped between windows (a
+    # threshold of 2 GiB, mallopt's largest positive int, is not enough: a BraTS volume's
+    # activations free more than that at once, and every case then faulted them in again).
+    _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER))
     logger.debug("glibc malloc tuning %s", "applied" if _applied else "refused")
     return _applied

@@ -1,7 +1,7 @@
 """How many sliding windows to put through the network at once, sized to the memory there is.
 
-Batching windows pays on both devices (fewer, larger convolutions; on this project's 2-core
-CPU benchmark a batch of 4 runs about 2x faster than one window at a time). The limit is
+Batching windows pays on both devices (fewer, larger convolutions: on this project's 2-core
+CPU benchmark MONAI's own sliding window runs 1.5x faster with 2 windows per call than with 1). The limit is
 memory: the activations of a batch must fit beside everything else. The sliding window runs
 its first window alone under an :class:`ActivationMeter`, which measures what one window
 costs (the CUDA allocator's peak, or on the CPU the sum of every layer's output, an upper
@@ -21,9 +21,11 @@ logger = logging.getLogger(__name__)
 
 #: Share of the free memory the activations of one batch may take.
 MEMORY_FRACTION = 0.5
-#: Largest batch per device type: past it CPU convolutions gain nothing more (see
-#: docs/performance.md) and GPU kernels are already saturated.
-LARGEST_BATCH = {"cpu": 8, "cuda": 32}
+#: Largest batch per device type. On the CPU, 8 windows were no faster than 4 for a small
+#: network and 20-30 % slower for a BraTS-sized one, whose extra activations cost more in
+#: first-touch page faults than batching saves (docs/performance.md); GPU kernels are
+#: saturated well before 32.
+LARGEST_BATCH = {"cpu": 4, "cuda": 32}
 
 
 class ActivationMeter:
