@@ -39,6 +39,12 @@ def require_data(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture
+def real_data():
+    """``real_data("brats2018", case)``: that path in ../shared/data; skips the test when it is absent."""
+    return require_data
+
+
 def write_nifti(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> None:
     nib.save(nib.Nifti1Image(array, np.diag([*spacing, 1.0])), str(path))
 

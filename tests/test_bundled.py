@@ -52,5 +52,5 @@ def test_the_demo_command(tmp_path, capsys):
 
 
 def test_unknown_model_names_list_the_bundled_ones():
-    with pytest.raises(InputFileError, match="did you mean 'hippocampus'.*bundled models: hippocampus"):
+    with pytest.raises(InputFileError, match="did you mean 'hippocampus'.*bundled models: (.*, )?hippocampus"):
         resolve_model("hipocampus")
