@@ -12,11 +12,13 @@ with random weights and 96^3 windows, BraTS-scale work without a trained model;
 
     python scripts/bench_predict.py                          # first BraTS case in ../shared/data
     python scripts/bench_predict.py -m brats -i CASE_FOLDER --repeats 3
+    python scripts/bench_predict.py --batch 8 --threads 1   # windows per call vs page faults
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument("-i", "--input", type=Path, help="BraTS case folder (default: the first in ../shared/data)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--batch", default=None, help="windows per network call, N or auto (default: the model's)")
     args = parser.parse_args()
     if args.input is None:
         if not BRATS.is_dir():
@@ -74,16 +77,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
         model = args.model or str(random_brats_checkpoint(folder))
-        predictor = Predictor.from_checkpoint(model, device="cpu", tta=False)
+        batch = int(args.batch) if args.batch not in (None, "auto") else args.batch  # None: the model's own
+        predictor = Predictor.from_checkpoint(model, device="cpu", tta=False, sw_batch_size=batch)
         timer = ForwardTimer(predictor.network)
         print(f"# {args.threads} threads, torch {torch.__version__}; model {args.model or 'random 1 mm BraTS network'}, "
               f"window {predictor.roi_size}, batch {predictor.sw_batch_size}; case {args.input}")
         rows = []
         for repeat in range(args.repeats + 1):  # the first is a warm-up
-            timer.seconds = 0.0
+            timer.seconds, before = 0.0, resource.getrusage(resource.RUSAGE_SELF)
             started = time.perf_counter()
             predictor.predict_file(args.input, folder / "out" / f"{repeat}.nii.gz", overwrite=True)
             total = time.perf_counter() - started
+            after = resource.getrusage(resource.RUSAGE_SELF)  # page faults: the first touch of activations
+            print(f"# call {repeat + 1}: {total:.2f} s, user {after.ru_utime - before.ru_utime:.1f} s, system "
+                  f"{after.ru_stime - before.ru_stime:.1f} s, {after.ru_minflt - before.ru_minflt} page faults, "
+                  f"peak RSS {after.ru_maxrss / 1024:.0f} MiB")
             if repeat:
                 rows.append((total, timer.seconds))
         started = time.perf_counter()
