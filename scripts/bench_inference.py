@@ -60,7 +60,8 @@ def build_network(name: str) -> tuple[torch.nn.Module, int, int]:
 
 
 def make_runner(method: str, batch: int | str, network, roi, overlap, out_channels) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The function that segments one image with ``method`` ('monai', 'volseg', 'volseg-plain-malloc', 'nnunet')."""
+    """The function that segments one image with ``method`` ('monai', 'nnunet', 'volseg', or 'volseg'
+    without one of its speed-ups: 'volseg-plain-malloc', 'volseg-plain-layers')."""
     if method == "monai":
         from monai.inferers import sliding_window_inference as monai_sliding_window
 
@@ -74,7 +75,8 @@ def make_runner(method: str, batch: int | str, network, roi, overlap, out_channe
         from volseg.inference import sliding_window_inference
 
         def run(image: torch.Tensor) -> torch.Tensor:
-            return sliding_window_inference(network, image, roi, overlap=overlap, sw_batch_size=batch, blend="gaussian")
+            return sliding_window_inference(network, image, roi, overlap=overlap, sw_batch_size=batch, blend="gaussian",
+                                            fast_layers=method != "volseg-plain-layers")
         return run
     from nnunet_runner import nnunet_sliding_window
 
@@ -122,6 +124,7 @@ def methods(args) -> dict[str, tuple[str, int | str]]:
     table["volseg (defaults: sw_batch_size=auto)"] = ("volseg", "auto")
     table.update({f"volseg sw_batch_size={b}": ("volseg", b) for b in args.volseg_batches})
     table["volseg auto, glibc malloc untouched"] = ("volseg-plain-malloc", "auto")
+    table["volseg auto, fast_layers=False"] = ("volseg-plain-layers", "auto")
     try:
         import nnunetv2  # noqa: F401
 

@@ -7,7 +7,8 @@ host memory while windows run on the GPU. The first call tunes glibc malloc to k
 buffers (see :mod:`volseg.allocator`). Networks whose output is smaller than their
 input (the paper's valid-convolution U-Net) are tiled by output: each window carries its
 context, mirrored at the volume's border (the U-Net paper's overlap-tile strategy).
-2D networks segment volumes slice by slice.
+2D networks segment volumes slice by slice. On the CPU, layers PyTorch runs slowly are swapped
+for faster equivalents on a weight-sharing copy of the network (see :mod:`volseg.fast_layers`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 
 from volseg.allocator import keep_freed_memory
 from volseg.errors import ConfigError, ShapeError, choice_error
+from volseg.fast_layers import with_fast_layers
 from volseg.window_batch import ActivationMeter, window_batch_size
 
 BLEND_MODES = ("gaussian", "constant")
@@ -94,6 +96,7 @@ def sliding_window_inference(
     device: str | torch.device | None = None,
     output_device: str | torch.device | None = None,
     autocast: str | None = None,
+    fast_layers: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Logits of ``network`` over the whole of ``image``.
@@ -115,6 +118,9 @@ def sliding_window_inference(
         output_device: where the stitched logits are accumulated (default: ``image``'s
             device); use ``"cpu"`` to keep a large multi-class result off the GPU.
         autocast: ``None``, ``"fp16"`` or ``"bf16"`` mixed precision for the network.
+        fast_layers: on the CPU in float32, run the network's slow layers (transposed
+            convolutions with few outputs, instance norm) as faster equivalents, on a copy
+            that shares its weights (see :mod:`volseg.fast_layers`).
         progress: called as ``progress(done_windows, total_windows)``.
 
     Returns:
@@ -124,13 +130,15 @@ def sliding_window_inference(
     if image.ndim == 5 and spatial_dims == 2:
         return _slice_by_slice(network, image, roi_size, overlap=overlap, blend=blend, sw_batch_size=sw_batch_size,
                                tta_flips=tta_flips, device=device, output_device=output_device, autocast=autocast,
-                               progress=progress)
+                               fast_layers=fast_layers, progress=progress)
     _check_arguments(image, roi_size, overlap, sw_batch_size, autocast, tta_flips)
     keep_freed_memory()  # windows reuse each other's freed buffers instead of faulting in fresh pages
     roi = tuple(int(r) for r in roi_size)
     if device is None:
         device = next(network.parameters()).device
     device = torch.device(device)
+    if fast_layers and device.type == "cpu" and autocast is None:
+        network = with_fast_layers(network)
     output_device = torch.device(output_device) if output_device is not None else image.device
     tile = _output_size(network, roi)
     context_low = tuple((r - t) // 2 for r, t in zip(roi, tile))
