@@ -134,3 +134,29 @@ def test_sliding_window_same_logits_with_and_without_fast_layers():
     assert fast.shape == plain.shape == (1, 3, 20, 18, 16)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
     assert isinstance(network[3], nn.ConvTranspose3d)
+
+
+def test_hooks_are_shared_and_observed_layers_kept():
+    network = _small_network()
+    calls = []
+    network.register_forward_hook(lambda module, args, output: calls.append("network"))
+    network[4].register_forward_hook(lambda module, args, output: calls.append("norm"))
+    fast = with_fast_layers(network)
+    assert isinstance(fast[3], SubpixelConvTranspose) and isinstance(fast[4], nn.InstanceNorm3d)
+    with torch.no_grad():
+        fast(torch.randn(1, 2, 8, 8, 8))
+    assert calls == ["norm", "network"]  # the original's hooks fire on the copy
+    handle = fast[0].register_forward_hook(lambda *args: None)  # registered on the copy: seen by the original
+    assert len(network[0]._forward_hooks) == 1
+    handle.remove()
+    assert with_fast_layers(network) is fast
+
+
+def test_activation_meter_counts_stand_ins_as_layers():
+    from volseg.window_batch import ActivationMeter
+
+    network = nn.Sequential(nn.ConvTranspose3d(4, 2, 2, stride=2)).eval()
+    fast = with_fast_layers(network)
+    with torch.no_grad(), ActivationMeter(fast, torch.device("cpu")) as meter:
+        fast(torch.randn(1, 4, 4, 4, 4))
+    assert meter.total == 2 * 8 * 8 * 8 * 4  # the stand-in's float32 output, counted once

@@ -55,6 +55,8 @@ class SubpixelConvTranspose(nn.Module):
     stacked as output channels of one convolution. (B, C_in, *S) -> (B, C_out, *S_out).
     """
 
+    wraps_layer = True  # a layer in its own right for ActivationMeter, though ``source`` is its child
+
     def __init__(self, source: nn.ConvTranspose2d | nn.ConvTranspose3d) -> None:
         super().__init__()
         self.source = source  # shares its parameters; also runs the calls the stand-in does not take
@@ -136,6 +138,8 @@ class TwoPassInstanceNorm(nn.Module):
     norm of the centred values (the biased variance, as ``nn.InstanceNorm``), then scale and
     shift in place."""
 
+    wraps_layer = True
+
     def __init__(self, source: nn.InstanceNorm2d | nn.InstanceNorm3d) -> None:
         super().__init__()
         self.source = source
@@ -163,28 +167,39 @@ class TwoPassInstanceNorm(nn.Module):
 
 
 STAND_INS = (SubpixelConvTranspose, TwoPassInstanceNorm)
+#: network -> (its module tree's signature, its copy with stand-ins)
 _copies: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]] = weakref.WeakKeyDictionary()
 
 
-def _stand_in(module: nn.Module) -> nn.Module | None:
-    for kind in STAND_INS:
-        if kind.supports(module):
-            return kind(module)
-    return None
+def _stand_in_kind(module: nn.Module) -> type[nn.Module] | None:
+    """The stand-in class for ``module``, if any; a layer with hooks of its own stays as it is."""
+    if any(_hook_tables(module)):
+        return None
+    return next((kind for kind in STAND_INS if kind.supports(module)), None)
+
+
+def _hook_tables(module: nn.Module) -> list[dict]:
+    """The module's hook registries (forward, backward, state dict, ...)."""
+    return [value for name, value in vars(module).items() if "hooks" in name and isinstance(value, dict)]
 
 
 def with_fast_layers(network: nn.Module) -> nn.Module:
-    """``network``, or a copy of its module tree with the layers of :data:`STAND_INS` replaced,
-    sharing every parameter and buffer with ``network``. The copy is cached until a module of
-    ``network`` is added, removed or replaced; ``network`` itself is never modified."""
+    """``network``, or a copy of its module tree with the layers of :data:`STAND_INS` replaced.
+
+    The copy shares every parameter, buffer and hook registry with ``network`` (a hook
+    registered on either is seen by both); layers with hooks of their own are not replaced.
+    It is cached until a module of ``network`` is added, removed or replaced, or gains or
+    loses hooks; ``network`` itself is never modified.
+    """
     modules = list(network.named_modules())
-    if not any(_stand_in(module) is not None for _, module in modules[1:]):
-        return network
-    signature = tuple((name, id(module)) for name, module in modules)
+    signature = tuple((name, id(module), any(_hook_tables(module))) for name, module in modules)
     cached = _copies.get(network)
     if cached is not None and cached[0] == signature:
         return cached[1]
+    if not any(_stand_in_kind(module) for _, module in modules[1:]):
+        return network
     shared = {id(tensor): tensor for tensor in itertools.chain(network.parameters(), network.buffers())}
+    shared.update({id(table): table for _, module in modules for table in _hook_tables(module)})
     try:
         fast = copy.deepcopy(network, shared)
     except Exception as error:  # a module that cannot be copied keeps the original layers
@@ -192,8 +207,8 @@ def with_fast_layers(network: nn.Module) -> nn.Module:
         return network
     for parent in list(fast.modules()):
         for name, child in list(parent.named_children()):
-            replacement = _stand_in(child)
-            if replacement is not None:
-                setattr(parent, name, replacement)
+            kind = _stand_in_kind(child)
+            if kind is not None:
+                setattr(parent, name, kind(child))
     _copies[network] = (signature, fast)
     return fast

@@ -32,7 +32,8 @@ class ActivationMeter:
     """Context manager measuring the activation memory of the network calls made inside it.
 
     ``per_call`` is the bytes one call of ``network`` needed: on CUDA the allocator's peak
-    above what was allocated on entry, elsewhere the summed size of every leaf module's output.
+    above what was allocated on entry, elsewhere the summed size of every leaf module's output
+    (a module with ``wraps_layer`` set, such as a :mod:`volseg.fast_layers` stand-in, counts as one).
     """
 
     def __init__(self, network: nn.Module, device: torch.device) -> None:
@@ -45,7 +46,8 @@ class ActivationMeter:
             self._baseline = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            leaves = [m for m in self.network.modules() if next(m.children(), None) is None]
+            leaves = [m for m in self.network.modules()
+                      if next(m.children(), None) is None or getattr(m, "wraps_layer", False)]
             self._hooks = [m.register_forward_hook(self._add_output) for m in leaves]
         self._hooks.append(self.network.register_forward_hook(self._count_call))
         return self
