@@ -113,6 +113,9 @@ def test_with_fast_layers_copies_structure_shares_weights():
     assert [type(m) for m in fast][1::2] == [TwoPassInstanceNorm, SubpixelConvTranspose, nn.PReLU]
     assert {p.data_ptr() for p in fast.parameters()} == {p.data_ptr() for p in network.parameters()}
     assert with_fast_layers(network) is fast  # cached
+    network.train()
+    assert with_fast_layers(network).training and not fast.training  # a new copy in the new mode
+    network.eval()
     network[3] = nn.ConvTranspose3d(8, 3, 3, stride=2, padding=1, output_padding=1)
     rebuilt = with_fast_layers(network)  # a changed module tree gets a new copy
     assert rebuilt is not fast and rebuilt[3].source is not fast[3].source

@@ -7,10 +7,10 @@ Two layers of common segmentation networks cost far more on the CPU than their a
   1 output channel as 8 (a 32 -> 3 stride-2 layer at 96^3 output was 20 % of MONAI's UNet).
   :class:`SubpixelConvTranspose` computes the same result as an ordinary convolution of the
   input into ``out_channels x prod(stride)`` channels followed by a depth-to-space shuffle
-  ("sub-pixel convolution"): 1.5-2.3x faster for 1-4 output channels, slower from 8 on.
+  ("sub-pixel convolution"): 1.2-2.6x faster for 1-4 output channels, even at 8, slower beyond.
 - **Instance norm** without running statistics: PyTorch runs it through its batch-norm kernel.
   :class:`TwoPassInstanceNorm` takes the mean, then the norm of the centred values, with
-  PyTorch's reductions: 1.6-2.6x faster, the same result to float32 rounding.
+  PyTorch's reductions: 1.4-2.5x faster, the same result to float32 rounding.
 
 :func:`with_fast_layers` gives a network these stand-ins without touching it: a copy of its
 module tree that shares its parameters and buffers (so weights updated by training are seen),
@@ -33,7 +33,7 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 #: Transposed convolutions with at most this many output channels run as sub-pixel convolutions
-#: (1.5-2.3x faster at 1-4 channels, 0.6-1.0x at 8 and more; docs/performance.md).
+#: (1.2-2.6x faster at 1-4 channels, 0.7-1.1x at 8, 0.55-0.9x at 16-32; scripts/bench_layers.py).
 SUBPIXEL_MAX_OUT_CHANNELS = 4
 TRANSPOSED = (nn.ConvTranspose2d, nn.ConvTranspose3d)
 INSTANCE_NORMS = (nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -188,11 +188,14 @@ def with_fast_layers(network: nn.Module) -> nn.Module:
 
     The copy shares every parameter, buffer and hook registry with ``network`` (a hook
     registered on either is seen by both); layers with hooks of their own are not replaced.
-    It is cached until a module of ``network`` is added, removed or replaced, or gains or
-    loses hooks; ``network`` itself is never modified.
+    It is cached until a module, parameter or buffer of ``network`` is added, removed or
+    replaced, a module changes between training and eval mode, or gains or loses hooks;
+    ``network`` itself is never modified.
     """
     modules = list(network.named_modules())
-    signature = tuple((name, id(module), any(_hook_tables(module))) for name, module in modules)
+    signature = tuple((name, id(module), module.training, any(_hook_tables(module)),
+                       tuple(map(id, module._parameters.values())), tuple(map(id, module._buffers.values())))
+                      for name, module in modules)
     cached = _copies.get(network)
     if cached is not None and cached[0] == signature:
         return cached[1]
