@@ -13,6 +13,8 @@ picks the network of one of volseg's configs instead (see NETWORKS).
     python scripts/bench_inference.py --quick            # a smaller volume, for a quick look
     python scripts/bench_inference.py --network volseg-brats_cpu   # volseg's CPU BraTS network
     make bench-env && .venv-bench/bin/python scripts/bench_inference.py   # with nnU-Net v2
+    python scripts/bench_inference.py --end-to-end       # then volseg predict of a BraTS case
+                                                         # vs its network time (bench_predict.py)
 """
 
 from __future__ import annotations
@@ -146,6 +148,8 @@ def main() -> None:
     parser.add_argument("--monai-batches", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--volseg-batches", type=int, nargs="*", default=[4], help="fixed batches besides auto")
     parser.add_argument("--quick", action="store_true", help="a volume of at most 2 x 2 x 2 windows, 2 repeats")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="afterwards, run scripts/bench_predict.py: a BraTS case file to file vs the network time")
     args = parser.parse_args()
     default_shape, default_roi = NETWORKS[args.network]
     args.shape, args.roi = args.shape or list(default_shape), args.roi or list(default_roi)
@@ -181,6 +185,12 @@ def main() -> None:
         connection.send("stop")
         process.join()
     report(args, table, seconds, peak, first, flops, shape)
+    if args.end_to_end:
+        import subprocess
+        import sys
+
+        subprocess.run([sys.executable, str(REPOSITORY / "scripts" / "bench_predict.py"), "--threads", str(args.threads)],
+                       check=True)
 
 
 def report(args, table, seconds, peak, first, flops, shape) -> None:
