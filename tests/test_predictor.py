@@ -188,3 +188,18 @@ def test_brats_labels_and_their_names_follow_the_case_convention():
     assert to_brats_convention(np.array([3], np.uint8), newer, "brats2021").tolist() == [4]
     assert _names_in_convention(newer, "brats2021")[4] == "enhancing"  # the direction the old code missed
     assert to_brats_convention(labels, predictor, None).tolist() == [0, 1, 2, 4]
+
+
+def test_read_case_keeps_channel_order_and_names_a_bad_file(tmp_path):
+    from volseg.errors import InputFileError
+    from volseg.predictor import read_case
+
+    paths = []
+    for index in range(4):  # read in parallel threads: the order must still be the files'
+        path = tmp_path / f"channel_{index}.nii.gz"
+        nib.save(nib.Nifti1Image(np.full((4, 5, 6), index, dtype=np.int16), np.eye(4)), path)
+        paths.append(path)
+    assert [int(volume.array.max()) for volume in read_case(paths)] == [0, 1, 2, 3]
+    paths[2].write_bytes(b"not a nifti")
+    with pytest.raises(InputFileError, match="channel_2"):
+        read_case(paths)
