@@ -144,8 +144,10 @@ def test_hooks_are_shared_and_observed_layers_kept():
     calls = []
     network.register_forward_hook(lambda module, args, output: calls.append("network"))
     network[4].register_forward_hook(lambda module, args, output: calls.append("norm"))
+    network[1]._register_state_dict_hook(lambda *args: None)  # not a call hook: still replaced
     fast = with_fast_layers(network)
     assert isinstance(fast[3], SubpixelConvTranspose) and isinstance(fast[4], nn.InstanceNorm3d)
+    assert isinstance(fast[1], TwoPassInstanceNorm)
     with torch.no_grad():
         fast(torch.randn(1, 2, 8, 8, 8))
     assert calls == ["norm", "network"]  # the original's hooks fire on the copy

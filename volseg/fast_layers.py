@@ -167,15 +167,21 @@ class TwoPassInstanceNorm(nn.Module):
 
 
 STAND_INS = (SubpixelConvTranspose, TwoPassInstanceNorm)
+CALL_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 #: network -> (its module tree's signature, its copy with stand-ins)
 _copies: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]] = weakref.WeakKeyDictionary()
 
 
 def _stand_in_kind(module: nn.Module) -> type[nn.Module] | None:
-    """The stand-in class for ``module``, if any; a layer with hooks of its own stays as it is."""
-    if any(_hook_tables(module)):
+    """The stand-in class for ``module``, if any; a layer with call hooks of its own stays as it is."""
+    if _is_observed(module):
         return None
     return next((kind for kind in STAND_INS if kind.supports(module)), None)
+
+
+def _is_observed(module: nn.Module) -> bool:
+    """Whether ``module`` has forward or backward hooks (a stand-in would not call them)."""
+    return any(getattr(module, name, None) for name in CALL_HOOKS)
 
 
 def _hook_tables(module: nn.Module) -> list[dict]:
@@ -189,11 +195,11 @@ def with_fast_layers(network: nn.Module) -> nn.Module:
     The copy shares every parameter, buffer and hook registry with ``network`` (a hook
     registered on either is seen by both); layers with hooks of their own are not replaced.
     It is cached until a module, parameter or buffer of ``network`` is added, removed or
-    replaced, a module changes between training and eval mode, or gains or loses hooks;
+    replaced, a module changes between training and eval mode, or gains or loses call hooks;
     ``network`` itself is never modified.
     """
     modules = list(network.named_modules())
-    signature = tuple((name, id(module), module.training, any(_hook_tables(module)),
+    signature = tuple((name, id(module), module.training, _is_observed(module),
                        tuple(map(id, module._parameters.values())), tuple(map(id, module._buffers.values())))
                       for name, module in modules)
     cached = _copies.get(network)
