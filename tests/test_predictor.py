@@ -200,6 +200,7 @@ def test_read_case_keeps_channel_order_and_names_a_bad_file(tmp_path):
         nib.save(nib.Nifti1Image(np.full((4, 5, 6), index, dtype=np.int16), np.eye(4)), path)
         paths.append(path)
     assert [int(volume.array.max()) for volume in read_case(paths)] == [0, 1, 2, 3]
+    assert read_case([]) == [] and int(read_case(paths[1:2])[0].array.max()) == 1
     paths[2].write_bytes(b"not a nifti")
     with pytest.raises(InputFileError, match="channel_2"):
         read_case(paths)

@@ -229,7 +229,7 @@ def _entropy(probabilities: torch.Tensor, regions: bool) -> np.ndarray:
 def read_case(images: Sequence[str | Path]) -> list[Volume]:
     """Read the channel files (or DICOM folder) of one case; several files in parallel threads
     (decompressing .nii.gz releases the GIL: 4 BraTS channels in 0.23 s instead of 0.31 s)."""
-    if len(images) == 1:
-        return [read_volume(images[0])]
+    if len(images) < 2:
+        return [read_volume(path) for path in images]
     with ThreadPoolExecutor(max_workers=min(len(images), os.cpu_count() or 1)) as pool:
         return list(pool.map(read_volume, images))
