@@ -25,6 +25,8 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -186,9 +188,6 @@ def main() -> None:
         process.join()
     report(args, table, seconds, peak, first, flops, shape)
     if args.end_to_end:
-        import subprocess
-        import sys
-
         subprocess.run([sys.executable, str(REPOSITORY / "scripts" / "bench_predict.py"), "--threads", str(args.threads)],
                        check=True)
 
