@@ -18,6 +18,7 @@ from volseg.metrics import (
     BRATS_REGIONS_2021,
     BRATS_REGIONS_2023,
     METRICS,
+    SUMMARY_STATS,
     CaseResult,
     brats_regions,
     case_id,
@@ -314,7 +315,7 @@ def test_csv_round_trips(tmp_path: Path) -> None:
     with path.open(newline="") as f:
         table = list(csv.DictReader(f))
     assert list(table[0]) == ["case", "structure", *METRICS]
-    assert [r["case"] for r in table] == ["a", "b", "c", "mean", "std", "median", "n", "n_nan"]
+    assert [r["case"] for r in table] == ["a", "b", "c", "mean", "std", "median", "ci95_low", "ci95_high", "n", "n_nan"]
     assert float(table[0]["dice"]) == 0.5 and math.isnan(float(table[1]["hd95"]))
     assert table[0]["tp"] == "0"
     mean = next(r for r in table if r["case"] == "mean")
@@ -324,4 +325,4 @@ def test_csv_round_trips(tmp_path: Path) -> None:
     with pytest.raises(OutputExistsError):
         write_report_csv(rows, summarise(rows), path)
     write_report_csv(rows[:1], summarise(rows[:1]), path, overwrite=True)
-    assert len(path.read_text().splitlines()) == 1 + 1 + 5
+    assert len(path.read_text().splitlines()) == 1 + 1 + len(SUMMARY_STATS)

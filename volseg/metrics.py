@@ -52,7 +52,7 @@ BRATS_REGIONS_2023: dict[str, list[int]] = {"WT": [1, 2, 3], "TC": [1, 3], "ET":
 #: Every metric of a structure, in report order.
 METRICS = ("dice", "iou", "hd95", "surface_dice", "volume_pred_ml", "volume_ref_ml", "tp", "fp", "fn")
 #: Statistics :func:`summarise` gives per structure and metric.
-SUMMARY_STATS = ("mean", "std", "median", "n", "n_nan")
+SUMMARY_STATS = ("mean", "std", "median", "ci95_low", "ci95_high", "n", "n_nan")
 
 Array = np.ndarray | torch.Tensor
 
@@ -321,9 +321,10 @@ def evaluate_folders(
 
 def summarise(rows: Iterable[CaseResult | Mapping[str, Mapping[str, float]]],
               ) -> dict[str, dict[str, dict[str, float]]]:
-    """``{structure: {metric: {mean, std, median, n, n_nan}}}`` over the cases. NaNs are
-    left out of mean/std (population, ddof=0)/median and counted in ``n_nan``; ``n`` is the
-    number of non-NaN values. Statistics of no values are NaN."""
+    """``{structure: {metric: {mean, std, median, ci95_low, ci95_high, n, n_nan}}}`` over the
+    cases. NaNs are left out of mean/std (population, ddof=0)/median and counted in ``n_nan``;
+    ``n`` is the number of non-NaN values. ``ci95_*`` bound the 95 % confidence interval of the
+    mean (Student's t, sample std; NaN with fewer than 2 values). Statistics of no values are NaN."""
     values: dict[str, dict[str, list[float]]] = {}
     for row in rows:
         metrics = row.metrics if isinstance(row, CaseResult) else row
@@ -341,10 +342,21 @@ def summarise(rows: Iterable[CaseResult | Mapping[str, Mapping[str, float]]],
                 "mean": math.nan if empty else float(np.mean(kept)),
                 "std": math.nan if empty else float(np.std(kept)),
                 "median": math.nan if empty else float(np.median(kept)),
+                **dict(zip(("ci95_low", "ci95_high"), confidence_interval(kept))),
                 "n": int(kept.size),
                 "n_nan": int(arr.size - kept.size),
             }
     return summary
+
+
+def confidence_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Student's t interval of the mean of ``values`` (no NaNs); NaNs for fewer than 2 values."""
+    if values.size < 2:
+        return math.nan, math.nan
+    from scipy import stats  # imported here: scipy.stats takes about 0.3 s to import
+
+    half = float(stats.t.ppf(0.5 + level / 2, values.size - 1)) * float(np.std(values, ddof=1)) / math.sqrt(values.size)
+    return float(np.mean(values)) - half, float(np.mean(values)) + half
 
 
 def _cell(value: object) -> str:

@@ -1,4 +1,11 @@
-"""Deterministic train/validation splits by case id, in nnU-Net's splits_final.json shape."""
+"""Deterministic train/held-out splits by case id, in nnU-Net's splits_final.json shape.
+
+Each fold is ``{"train": [ids], "val": [ids]}`` as nnU-Net writes it: ``val`` are the fold's
+held-out cases, which only the evaluation step ever predicts. volseg adds an optional third
+key, ``"validation"``: the cases carved from ``train`` (see :func:`carve_validation`) that the
+training loop validates on to choose ``best.pt``; they are not trained on. nnU-Net ignores the
+extra key, so the file still reads there.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +59,31 @@ def holdout_split(case_ids: Iterable[str], fraction: float = 0.2, *, seed: int =
     return {"train": [c for c in ids if c not in val], "val": sorted(val)}
 
 
+def validation_count(num_train: int, size: float) -> int:
+    """How many of ``num_train`` training cases :func:`carve_validation` sets aside for ``size``.
+
+    ``size`` below 1 is a fraction (rounded, at least one case), 1 or more a count; 0 sets
+    none aside. At least one case is always left to train on.
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or size < 0 or (size >= 1 and size != int(size)):
+        raise ConfigError(f"data.validation_cases={size!r} is not valid; allowed: 0, a fraction between 0 and 1, "
+                          "or a whole number of cases")
+    if size == 0 or num_train < 2:
+        return 0
+    wanted = int(size) if size >= 1 else max(1, round(num_train * size))
+    return min(wanted, num_train - 1)
+
+
+def carve_validation(train_ids: Iterable[str], size: float, *, seed: int = 54321) -> list[str]:
+    """The sorted validation subset of ``train_ids`` (``size`` as in :func:`validation_count`).
+
+    A function of the set of ids, ``size`` and ``seed`` only, like :func:`make_folds`.
+    """
+    ids = _sorted_ids(train_ids)
+    count = validation_count(len(ids), size)
+    return sorted(ids[j] for j in np.random.default_rng(seed).permutation(len(ids))[:count])
+
+
 def _folds_problem(folds: Any) -> str | None:
     """What is wrong with ``folds`` as a list of ``{"train": [...], "val": [...]}``, or None."""
     if not isinstance(folds, list) or not folds:
@@ -64,6 +96,13 @@ def _folds_problem(folds: Any) -> str | None:
             return f'fold {i} is not a {{"train": [ids], "val": [ids]}} object with non-empty lists of strings'
         if both := sorted(set(fold["train"]) & set(fold["val"])):
             return f"fold {i} has {len(both)} case(s) in both train and val, e.g. {both[0]!r}"
+        validation = fold.get("validation", [])
+        if not isinstance(validation, list) or not all(isinstance(c, str) for c in validation):
+            return f'fold {i} has a "validation" entry that is not a list of case ids'
+        if outside := sorted(set(validation) - set(fold["train"])):
+            return f'fold {i} validates on {len(outside)} case(s) outside its "train" list, e.g. {outside[0]!r}'
+        if len(set(validation)) == len(fold["train"]):
+            return f'fold {i} validates on every one of its "train" cases and leaves none to train on'
         for cid in fold["val"]:
             if cid in val_fold:
                 return f"case {cid!r} is in val more than once (folds {val_fold[cid]} and {i})"
@@ -83,11 +122,12 @@ def load_folds(path: str | os.PathLike[str]) -> list[dict[str, list[str]]]:
     folds = read_json(Path(path), "folds file")
     if problem := _folds_problem(folds):
         raise InputFileError(f"{path} is not a valid folds file: {problem}")
-    return [{"train": list(f["train"]), "val": list(f["val"])} for f in folds]
+    return [{key: list(f[key]) for key in ("train", "val", "validation") if key in f} for f in folds]
 
 
 def split_for_fold(folds: list[dict[str, list[str]]], fold: int) -> tuple[list[str], list[str]]:
-    """``(train_ids, val_ids)`` of fold number ``fold``."""
+    """``(train_ids, val_ids)`` of fold number ``fold``: nnU-Net's train list (it includes any
+    validation subset) and the held-out cases."""
     if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < len(folds):
         raise ConfigError(f"fold {fold!r} does not exist; allowed: 0 to {len(folds) - 1} ({len(folds)} folds)")
     return list(folds[fold]["train"]), list(folds[fold]["val"])
