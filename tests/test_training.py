@@ -1,18 +1,21 @@
-"""Training on tiny generated data: learning, exact resume, run folders, CLI, 2D and regions."""
+"""Training on tiny generated data: learning, exact resume, run folders, CLI, 2D and regions,
+and what a GPU run meets: a checkpoint loaded for another device, inf/NaN losses, DDP + compile."""
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
 
 import pytest
 import torch
 
-from volseg.checkpoint import load_checkpoint, model_from_checkpoint
+from volseg.checkpoint import capture_rng_state, load_checkpoint, model_from_checkpoint, restore_rng_state
 from volseg.cli import main
 from volseg.config import config_from_dict, dump_config
-from volseg.errors import OutputExistsError
-from volseg.training import resolve_precision, train
+from volseg.distributed import DistributedContext
+from volseg.errors import ConfigError, OutputExistsError, TrainingError
+from volseg.training import Trainer, resolve_precision, train
 
 AUGMENTATIONS = ["flip", "rotate90", "affine", "elastic", "noise", "blur", "brightness", "contrast", "gamma", "low_resolution"]
 NO_AUGMENTATION = {name: {"prob": 0.0} for name in AUGMENTATIONS}
@@ -131,3 +134,90 @@ def test_precision_defaults_to_fp32_on_cpu(caplog):
     with caplog.at_level(logging.WARNING):
         assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
     assert "slower" in caplog.text
+
+
+class PoisonedLoss(torch.nn.Module):
+    """``loss`` times ``bad[call]`` (inf or NaN) on the given calls (0-based): an fp16 overflow or bad batch."""
+
+    def __init__(self, loss: torch.nn.Module, bad: dict[int, float]) -> None:
+        super().__init__()
+        self.loss, self.bad, self.calls = loss, dict(bad), 0
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        loss, call = self.loss(*args), self.calls
+        self.calls += 1
+        return loss * self.bad[call] if call in self.bad else loss
+
+
+def test_the_head_the_loss_weighs_zero_is_frozen_but_kept(tmp_path, dataset):
+    network = {"features": [4, 8, 16, 32], "deep_supervision": True}  # 3 outputs, the coarsest weighed 0
+    config = tiny_config(dataset, network={"options": network}, loss={"deep_supervision": True})
+    trainer = Trainer(config, tmp_path / "run")
+    frozen = [name for name, p in trainer.network.named_parameters() if not p.requires_grad]
+    assert frozen == ["heads.2.weight", "heads.2.bias"]
+    assert {"heads.2.weight", "heads.2.bias"} <= set(trainer.network.state_dict())
+    without = tiny_config(dataset, network={"options": {"features": [4, 8, 16, 32]}})  # heads 1 and 2 are not called
+    assert sum(not p.requires_grad for p in Trainer(without, tmp_path / "other").network.parameters()) == 4
+
+
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")  # weights onto meta are a no-op
+def test_resume_onto_another_device_restores_rng_and_keeps_adam_steps_on_the_cpu(tmp_path, dataset):
+    config = tiny_config(dataset, training={"epochs": 2, "iterations_per_epoch": 2})
+    train(config, tmp_path / "run", until_epoch=1)
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["training"]["rng"]["torch"]
+    torch.manual_seed(123)
+    # The meta device stands in for a GPU: a checkpoint mapped onto it holds no CPU tensors.
+    elsewhere = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("meta"))
+    trainer = Trainer(config, tmp_path / "run", resume=True, context=elsewhere)
+    assert trainer.start_epoch == 1
+    assert torch.equal(torch.get_rng_state(), saved)
+    states = list(trainer.optimizer.state.values())
+    assert states and all(s["step"].device.type == "cpu" and s["exp_avg"].device.type == "meta" for s in states)
+
+
+def test_restore_rng_state_takes_a_state_that_is_not_a_cpu_byte_tensor():
+    state = capture_rng_state()
+    expected = torch.rand(4)
+    state["torch"] = state["torch"].long()
+    torch.manual_seed(1)
+    restore_rng_state(state)
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_steps_with_an_inf_or_nan_loss_are_skipped_counted_and_logged(tmp_path, dataset, caplog):
+    config = tiny_config(dataset, training={"epochs": 1, "iterations_per_epoch": 3, "max_nonfinite_steps": 2})
+    trainer = Trainer(config, tmp_path / "run")
+    trainer.loss = PoisonedLoss(trainer.loss, {0: math.inf, 2: math.nan})  # never 2 in a row
+    with caplog.at_level(logging.WARNING, logger="volseg.training"):
+        result = trainer.fit()
+    row = result.history[0]
+    assert row["skipped_steps"] == 2 and math.isfinite(row["train_loss"])
+    states = list(trainer.optimizer.state.values())
+    assert states and all(s["step"].item() == 1 for s in states)  # one update, from the one finite step
+    assert all(p.grad is None for p in trainer.network.parameters())  # the last, skipped step left no gradients
+    assert caplog.text.count("step skipped") == 2
+    assert read_csv(tmp_path / "run" / "metrics.csv")[0]["skipped_steps"] == "2"
+
+
+def test_a_run_gives_up_after_max_nonfinite_steps_in_a_row(tmp_path, dataset):
+    config = tiny_config(dataset, training={"epochs": 1, "iterations_per_epoch": 3, "max_nonfinite_steps": 2})
+    trainer = Trainer(config, tmp_path / "run")
+    trainer.loss = PoisonedLoss(trainer.loss, {0: math.nan, 1: math.inf})
+    with pytest.raises(TrainingError, match=r"inf or NaN for 2 steps in a row \(training.max_nonfinite_steps=2\)"):
+        trainer.fit()
+    assert not trainer.optimizer.state  # no update was taken
+    with pytest.raises(ConfigError, match="training.max_nonfinite_steps=0 is not valid"):
+        tiny_config(dataset, training={"max_nonfinite_steps": 0})
+
+
+def test_compile_wraps_the_ddp_model(tmp_path, dataset, monkeypatch):
+    class RecordingDDP(torch.nn.Module):  # DDP's place in the wrapping, without a process group
+        def __init__(self, module: torch.nn.Module, **options) -> None:
+            super().__init__()
+            self.module = module
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", RecordingDDP)
+    two_ranks = DistributedContext(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
+    trainer = Trainer(tiny_config(dataset, training={"compile": True}), tmp_path / "run", context=two_ranks)
+    assert isinstance(trainer.model, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(trainer.model._orig_mod, RecordingDDP) and trainer.model._orig_mod.module is trainer.network

@@ -182,13 +182,17 @@ def capture_rng_state() -> dict[str, Any]:
     return state
 
 
+def _cpu_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """A saved generator state (1D, any device and integer dtype) as the CPU ByteTensor torch's setters take."""
+    return torch.as_tensor(tensor).to(device="cpu", dtype=torch.uint8)
+
+
 def restore_rng_state(state: dict[str, Any]) -> None:
-    """Undo :func:`capture_rng_state`."""
+    """Undo :func:`capture_rng_state`; its tensors may have been loaded onto any device."""
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
     numpy = state["numpy"]
-    np.random.set_state(
-        (numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"], numpy["cached"])
-    )
-    torch.set_rng_state(state["torch"])
+    keys = torch.as_tensor(numpy["keys"]).cpu().numpy().astype(np.uint32)
+    np.random.set_state((numpy["kind"], keys, numpy["pos"], numpy["has_gauss"], numpy["cached"]))
+    torch.set_rng_state(_cpu_bytes(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([_cpu_bytes(s) for s in state["cuda"]])

@@ -21,6 +21,7 @@ import yaml
 
 from volseg.atomic import write_text
 from volseg.errors import ConfigError, InputFileError, closest_hint
+from volseg.data.splits import validation_count
 
 
 def _field(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - "help" reads best in the schema
@@ -45,6 +46,10 @@ class DataConfig:
     num_folds: int = _field(5, "cross-validation folds")
     fold: int = _field(0, "fold to train (0 .. num_folds-1); -1 trains on every case")
     splits_file: Union[str, None] = _field(None, "JSON of the folds (default: splits.json in the run folder)")
+    validation_cases: float = _field(
+        0.1, "training cases set aside to validate on and choose best.pt: a fraction, a count, or 0 (none; the "
+        "held-out cases are never validated on)"
+    )
     cache: Literal["memory", "disk", "none"] = _field("memory", "where preprocessed cases are kept between epochs")
     cache_dir: Union[str, None] = _field(None, "folder of the disk cache (default: the run folder)")
     num_workers: int = _field(2, "data-loading worker processes")
@@ -181,6 +186,9 @@ class TrainingConfig:
     early_stopping: int = _field(0, "stop after N validations without improvement (0: never)")
     gradient_checkpointing: bool = _field(False, "recompute activations in backward to save memory")
     compile: bool = _field(False, "torch.compile the network")
+    max_nonfinite_steps: int = _field(
+        20, "steps with an inf/NaN loss are skipped; give up after this many in a row (1: at the first)"
+    )
 
 
 @dataclass
@@ -190,6 +198,10 @@ class InferenceConfig:
     blend: Literal["gaussian", "constant"] = _field("gaussian", "how overlapping windows are averaged")
     sw_batch_size: Union[int, Literal["auto"]] = _field("auto", "windows per network call (auto: as many as fit in memory)")
     tta_flips: list[int] = _field([], "spatial axes mirrored for test-time augmentation")
+    mask_nonzero: bool = _field(
+        False, "background wherever every input channel is 0 (MRI skull-stripped background; `volseg plan` turns "
+        "it on for MRI)"
+    )
 
 
 @dataclass
@@ -304,6 +316,7 @@ def check_config(config: Config) -> None:
         _check_length(config.preprocessing.spacing, 3, "preprocessing.spacing")
     if config.data.fold >= config.data.num_folds or config.data.fold < -1:
         raise ConfigError(f"data.fold={config.data.fold} is not valid; allowed: -1 .. {config.data.num_folds - 1}")
+    validation_count(10, config.data.validation_cases)  # raises on a bad size
     if not 0.0 <= config.sampling.foreground_ratio <= 1.0:
         raise ConfigError(f"sampling.foreground_ratio={config.sampling.foreground_ratio} is not valid; allowed: 0 .. 1")
     if not 0.0 <= config.inference.overlap < 1.0:
@@ -317,6 +330,7 @@ def check_config(config: Config) -> None:
         "training.epochs": config.training.epochs,
         "training.iterations_per_epoch": config.training.iterations_per_epoch,
         "training.val_every": config.training.val_every,
+        "training.max_nonfinite_steps": config.training.max_nonfinite_steps,
         "optimizer.lr": config.optimizer.lr,
     }
     if config.inference.sw_batch_size != "auto":

@@ -1,11 +1,14 @@
 """Data-parallel training across processes: ``torchrun --nproc_per_node N -m volseg train CONFIG``.
 
 torchrun describes the job in the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``);
-without it the job is a single process. NCCL joins GPUs, gloo joins CPU processes.
+without it the job is a single process. NCCL joins GPUs, gloo joins CPU processes. A process
+stays in the group it joined until it exits (cross-validation trains every fold in it), and
+leaves it then.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
@@ -37,9 +40,12 @@ class DistributedContext:
 
 
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    """``auto`` picks CUDA when present; ``cuda`` without a GPU falls back to CPU with a warning."""
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU falls back to CPU with a warning.
+
+    GPU ``local_rank % device_count``: a node may run more processes than it has GPUs.
+    """
     if preference in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     if preference == "cuda":
         logger.warning("training.device is cuda but no CUDA device is available; using the CPU")
     return torch.device("cpu")
@@ -50,13 +56,15 @@ def init_distributed(device_preference: str = "auto") -> DistributedContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_preference, local_rank)
+    context = DistributedContext(rank, world_size, local_rank, device)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+        atexit.register(shutdown, context)  # at the end of the last run in this process
         logger.info("rank %d of %d joined the %s process group on %s", rank, world_size, backend, device)
-    return DistributedContext(rank, world_size, local_rank, device)
+    return context
 
 
 def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
@@ -72,5 +80,6 @@ def barrier(context: DistributedContext) -> None:
 
 
 def shutdown(context: DistributedContext) -> None:
+    """Leave the process group (a no-op when it has been left already)."""
     if context.enabled and dist.is_initialized():
         dist.destroy_process_group()

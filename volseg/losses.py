@@ -311,7 +311,10 @@ class DeepSupervisionLoss(nn.Module):
             _check_non_negative(**{f"weights[{i}]": w for i, w in enumerate(weights)})
         self.weights = None if weights is None else [float(w) for w in weights]
 
-    def _weights_for(self, outputs: Sequence[torch.Tensor], target_size: Sequence[int], dims: int) -> list[float]:
+    def output_weights(self, outputs: Sequence[torch.Tensor], target_size: Sequence[int]) -> list[float]:
+        """The weight of each of ``outputs`` (N, C, *S_k) for a target of spatial ``target_size``;
+        an output weighed 0 is not computed on (its head is never trained)."""
+        dims = outputs[0].ndim - 2
         if self.weights is not None:
             if len(self.weights) != len(outputs):
                 raise ConfigError(f"deep supervision has {len(self.weights)} weights but the network gave "
@@ -329,9 +332,8 @@ class DeepSupervisionLoss(nn.Module):
         if len(outputs) == 0:
             raise ShapeError("deep supervision got an empty list of outputs")
         dims = outputs[0].ndim - 2
-        target_size = target.shape[-dims:]
         total = torch.zeros((), device=outputs[0].device)
-        for output, weight in zip(outputs, self._weights_for(outputs, target_size, dims)):
+        for output, weight in zip(outputs, self.output_weights(outputs, target.shape[-dims:])):
             if weight:
                 size = output.shape[2:]
                 resized = [_resize_nearest(t, size, dims) for t in (target, *maps)]

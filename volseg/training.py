@@ -2,7 +2,9 @@
 
 One run folder holds everything: ``config.yaml`` (fully resolved), ``splits.json``,
 ``last.pt`` (every epoch, with the training state for ``--resume``), ``best.pt`` (best
-mean validation Dice), ``metrics.csv``, ``curves.png`` and ``tensorboard/``.
+mean validation Dice on the validation cases carved from the fold's training cases, or the
+last epoch without them), ``metrics.csv``, ``curves.png`` and ``tensorboard/``. The fold's
+held-out cases are never seen here: only ``volseg evaluate-run`` predicts them.
 
 Data order and augmentation are a function of (seed, epoch, rank), and the RNG states,
 optimiser and gradient scaler are restored on resume, so in deterministic CPU mode an
@@ -31,11 +33,11 @@ from volseg.atomic import remove_stale_temporaries
 from volseg.checkpoint import build_checkpoint, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from volseg.config import Config, dump_config
 from volseg.data.datasets import find_cases
-from volseg.data.splits import load_folds, make_folds, save_folds, split_for_fold
+from volseg.data.splits import carve_validation, load_folds, make_folds, save_folds, split_for_fold
 from volseg.data.transforms import items_from_cases, make_dataset, training_transforms, validation_transforms
-from volseg.distributed import DistributedContext, barrier, init_distributed
+from volseg.distributed import DistributedContext, all_reduce_sum, barrier, init_distributed
 from volseg.errors import ConfigError, OutputExistsError, TrainingError
-from volseg.losses import loss_from_config
+from volseg.losses import DeepSupervisionLoss, loss_from_config
 from volseg.nn import SegmentationNetwork, create_model
 from volseg.optim import LearningRateSchedule, build_optimizer
 from volseg.run_log import RunLog
@@ -84,6 +86,30 @@ def build_network(config: Config, in_channels: int) -> SegmentationNetwork:
     if config.training.gradient_checkpointing:
         options["gradient_checkpointing"] = True
     return create_model(config.network.name, config.network.spatial_dims, in_channels, output_channels(config), **options)
+
+
+def untrained_parameters(config: Config, in_channels: int, loss: torch.nn.Module) -> list[str]:
+    """Names of the network's parameters that ``loss`` never reaches in training: the heads a
+    network does not call, and those of outputs the loss weighs 0 (the coarsest deep-supervision
+    output). Read from the autograd graph of one training-mode forward of a patch on the meta
+    device (shapes only: no memory, no compute)."""
+    with torch.device("meta"):
+        network = build_network(config, in_channels).train()
+        network.gradient_checkpointing = False  # a checkpointed block would hide its parameters from the graph
+        outputs = network(torch.empty(1, in_channels, *config.sampling.patch_size))
+    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    weights = loss.output_weights(outputs, config.sampling.patch_size) if isinstance(loss, DeepSupervisionLoss) else [1]
+    pending = [output.grad_fn for output, weight in zip(outputs, weights) if weight]
+    seen, reached = set(), set()
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):  # AccumulateGrad: where a parameter's gradient lands
+            reached.add(id(node.variable))
+        pending.extend(child for child, _ in node.next_functions)
+    return [name for name, parameter in network.named_parameters() if id(parameter) not in reached]
 
 
 def _seed_for(*parts: int) -> int:
@@ -143,17 +169,20 @@ class Trainer:
         )
         in_channels = len(config.data.channels) or 1
         self.network = build_network(config, in_channels).to(self.context.device)
-        self.model: torch.nn.Module = self.network
-        if config.training.compile:
-            self.model = torch.compile(self.model)
-        if self.context.enabled:
-            unused = not self.network.deep_supervision and len(getattr(self.network, "heads", [])) > 1
-            device_ids = [self.context.device.index] if self.context.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=device_ids, find_unused_parameters=unused
-            )
         activation = "sigmoid" if config.data.regions else "softmax"
         self.loss = loss_from_config(config.loss, activation=activation, num_outputs=output_channels(config))
+        # Frozen, so DDP waits for no gradient the loss never sends; they stay in the state dict.
+        untrained = untrained_parameters(config, in_channels, self.loss)
+        for name in untrained:
+            self.network.get_parameter(name).requires_grad_(False)
+        logger.debug("not trained (the loss never reaches them): %s", ", ".join(untrained) or "none")
+        self.model: torch.nn.Module = self.network
+        if self.context.enabled:
+            device_ids = [self.context.device.index] if self.context.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        if config.training.compile:  # after DDP, as PyTorch advises: its graphs then split at DDP's buckets
+            self.model = torch.compile(self.model)
+        self.nonfinite_streak = 0  # steps skipped in a row for an inf/NaN loss (see _skip_nonfinite)
         self.optimizer = build_optimizer(config.optimizer, self.network.parameters())
         steps = config.training.iterations_per_epoch
         self.schedule = LearningRateSchedule(
@@ -180,26 +209,35 @@ class Trainer:
         return Path(self.config.data.cache_dir) if self.config.data.cache_dir else self.run_dir / "cache"
 
     def _split_cases(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """``(train items, validation items)``: the validation cases are carved from the fold's
+        training cases and recorded in splits.json; the fold's held-out cases are neither."""
         data = self.config.data
         if not data.root:
             raise ConfigError("data.root is empty; set it to the dataset folder (volseg plan writes it)")
         dataset = find_cases(data.root, layout=data.layout)
-        if data.fold == -1:
-            return items_from_cases(dataset.cases), []
-        splits = Path(data.splits_file) if data.splits_file else self.run_dir / SPLITS_FILE
-        if splits.exists():
-            folds = load_folds(splits)
-        else:
-            folds = make_folds(dataset.case_ids, data.num_folds, seed=12345)
-            # Written with config.yaml, once the cases have loaded: a run that fails on its
-            # data leaves no splits behind to disagree with the fixed dataset.
-            self._new_splits = (folds, splits)
-        train_ids, val_ids = split_for_fold(folds, data.fold)
         by_id = {case.case_id: case for case in dataset.cases}
-        missing = sorted(set(train_ids + val_ids) - set(by_id))
-        if missing:
-            raise ConfigError(f"{splits} names cases that {data.root} lacks: {', '.join(missing[:10])}")
-        return items_from_cases(by_id[i] for i in train_ids), items_from_cases(by_id[i] for i in val_ids)
+        if data.fold == -1:
+            train_ids = sorted(by_id)
+            validation_ids = carve_validation(train_ids, data.validation_cases)
+        else:
+            splits = Path(data.splits_file) if data.splits_file else self.run_dir / SPLITS_FILE
+            folds = load_folds(splits) if splits.exists() else make_folds(dataset.case_ids, data.num_folds, seed=12345)
+            train_ids, _ = split_for_fold(folds, data.fold)
+            if "validation" not in folds[data.fold]:
+                folds[data.fold]["validation"] = carve_validation(train_ids, data.validation_cases)
+                # Written with config.yaml, once the cases have loaded: a run that fails on its
+                # data leaves no splits behind to disagree with the fixed dataset.
+                self._new_splits = (folds, self.run_dir / SPLITS_FILE)
+            elif not splits.exists() or splits != self.run_dir / SPLITS_FILE:
+                self._new_splits = (folds, self.run_dir / SPLITS_FILE)
+            validation_ids = folds[data.fold]["validation"]
+            missing = sorted(set(train_ids + folds[data.fold]["val"]) - set(by_id))
+            if missing:
+                raise ConfigError(f"{splits} names cases that {data.root} lacks: {', '.join(missing[:10])}")
+        if not validation_ids:
+            logger.info("no validation cases (data.validation_cases=0): best.pt is the last epoch's model")
+        training_ids = [i for i in train_ids if i not in set(validation_ids)]
+        return items_from_cases(by_id[i] for i in training_ids), items_from_cases(by_id[i] for i in validation_ids)
 
     def _loader(self, epoch: int) -> DataLoader:
         """This epoch's batches: the sample order and augmentation depend on (seed, epoch, rank) only."""
@@ -228,7 +266,10 @@ class Trainer:
                 logger.debug("removed %s, left by an interrupted write", stale)
 
     def _resume(self) -> None:
-        checkpoint = load_checkpoint(self.run_dir / LAST, map_location=self.context.device)
+        # Onto the CPU: load_state_dict copies the weights and optimiser moments to the training
+        # device, while the RNG states must stay CPU ByteTensors and Adam's step counters on
+        # the CPU (on a GPU each would cost a sync per parameter per step).
+        checkpoint = load_checkpoint(self.run_dir / LAST, map_location="cpu")
         training = checkpoint.get("training")
         if training is None:
             raise ConfigError(f"{self.run_dir / LAST} holds no training state; it cannot be resumed")
@@ -268,13 +309,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train_epoch(self, epoch: int, bar: Any = None) -> dict[str, float]:
-        """One epoch of ``iterations_per_epoch`` steps; returns the mean loss and timing.
+        """One epoch of ``iterations_per_epoch`` steps; returns the mean loss of the steps taken,
+        the steps skipped for an inf/NaN loss (``skipped_steps``), the learning rate and timing.
 
         ``bar`` is a tqdm-like bar over the whole run (one update per step).
         """
         self.model.train()
         steps, device = self.config.training.iterations_per_epoch, self.context.device
-        total_loss, waited, started = 0.0, 0.0, time.perf_counter()
+        total_loss, skipped, waited, started = 0.0, 0, 0.0, time.perf_counter()
         if bar is not None:
             bar.set_description(f"epoch {epoch + 1}/{self.config.training.epochs}")
         batches = iter(self._loader(epoch))
@@ -286,41 +328,75 @@ class Trainer:
             labels = batch["label"].to(device, non_blocking=True)
             maps = [batch["weight"].to(device, non_blocking=True)] if "weight" in batch else []
             lr = self.schedule.apply(self.optimizer, epoch * steps + step)
-            loss = self._step(images, labels, *maps)
-            total_loss += loss
+            loss, skip = self._step(images, labels, *maps)
+            if skip:
+                skipped += 1
+                self._skip_nonfinite(epoch, step, loss)
+            else:
+                self.nonfinite_streak = 0
+                total_loss += loss
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                 bar.update(1)
         elapsed = time.perf_counter() - started
-        mean_loss = torch.tensor([total_loss / steps], device=device)
+        # Every rank skipped the same steps, so the mean over ranks of the per-rank means is the
+        # mean over all the steps taken (NaN when the epoch took none).
+        taken = steps - skipped
+        mean_loss = torch.tensor([total_loss / taken if taken else math.nan], device=device)
         if self.context.enabled:
             torch.distributed.all_reduce(mean_loss)
             mean_loss /= self.context.world_size
-        return {"train_loss": float(mean_loss.item()), "lr": lr, "epoch_seconds": elapsed, "data_wait": waited / elapsed}
+        return {"train_loss": float(mean_loss.item()), "skipped_steps": skipped, "lr": lr, "epoch_seconds": elapsed,
+                "data_wait": waited / elapsed}
 
-    def _step(self, images: torch.Tensor, labels: torch.Tensor, *maps: torch.Tensor) -> float:
-        """One optimiser step; ``maps`` are per-voxel loss weights (weighted_ce)."""
+    def _step(self, images: torch.Tensor, labels: torch.Tensor, *maps: torch.Tensor) -> tuple[float, bool]:
+        """One optimiser step on images (N, C, *S) and labels (N, 1, *S) or region maps (N, K, *S);
+        ``maps`` are per-voxel loss weights (weighted_ce). Returns ``(this rank's loss, skipped)``.
+
+        A step whose loss is inf or NaN on any rank is skipped on every rank: no optimiser or
+        scaler update, gradients dropped. Backward runs either way, so every rank joins DDP's
+        all-reduces. The decision is read on the host: one sync per step, which also brings the
+        loss value for the bar and the epoch mean. It cannot be avoided, as a non-fused
+        optimiser's step cannot be skipped on the device (GradScaler.step syncs the same way).
+        """
         enabled = self.autocast_dtype is not None
         with torch.autocast(self.context.device.type, dtype=self.autocast_dtype, enabled=enabled):
             outputs = self.model(images)
             loss = self.loss(outputs, labels, *maps)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"the training loss became {loss.item()}; lower optimizer.lr or check the data")
+        # (1,): how many ranks have a non-finite loss, reduced on the device before backward's all-reduces.
+        bad_ranks = all_reduce_sum((~torch.isfinite(loss.detach())).float().reshape(1), self.context)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        value, bad = torch.cat([loss.detach().float().reshape(1), bad_ranks]).tolist()
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            return value, True
         clip = self.config.optimizer.grad_clip
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
             if clip:
                 torch.nn.utils.clip_grad_norm_(self.network.parameters(), clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             if clip:
                 torch.nn.utils.clip_grad_norm_(self.network.parameters(), clip)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach().item())
+        return value, False
+
+    def _skip_nonfinite(self, epoch: int, step: int, loss: float) -> None:
+        """Count a step :meth:`_step` skipped; raise ``TrainingError`` at ``training.max_nonfinite_steps``
+        in a row. Every rank skips the same steps, so all ranks give up together."""
+        self.nonfinite_streak += 1
+        limit = self.config.training.max_nonfinite_steps
+        if self.nonfinite_streak >= limit:
+            raise TrainingError(
+                f"the training loss was inf or NaN for {self.nonfinite_streak} steps in a row "
+                f"(training.max_nonfinite_steps={limit}); lower optimizer.lr, use bf16 or fp32, or check the data"
+            )
+        if self.context.is_main:
+            logger.warning("epoch %d, step %d: the training loss is not finite on some rank (%s here); step skipped "
+                           "(%d in a row, giving up at %d)", epoch + 1, step + 1, loss, self.nonfinite_streak, limit)
 
     def fit(self, until_epoch: int | None = None) -> TrainResult:
         """Train to ``training.epochs`` (or early stopping); returns the run's summary.
