@@ -27,6 +27,7 @@ def test_config_builds_a_network_that_takes_its_patch(path):
                              output_channels(config), **config.network.options)
     assert model.is_valid_input_shape(config.sampling.patch_size)
     assert model.is_valid_input_shape(config.inference.roi_size or config.sampling.patch_size)
+    assert config.inference.mask_nonzero == (config.preprocessing.intensity == "mri")  # as `volseg plan` writes
 
 
 def test_brats_config_trains_regions():

@@ -90,6 +90,7 @@ def test_model_json_says_how_to_use_the_network(tmp_path):
         (0, 0, "background"), (1, 1, "liver"), (2, 2, "tumour")]
     assert meta["inference"]["roi_size"] == [8, 16, 24] and meta["inference"]["overlap"] == 0.25
     assert meta["inference"]["tta_flips"] == [0, 1] and meta["inference"]["blend"] == "gaussian"
+    assert meta["inference"]["mask_nonzero"] is False
     assert meta["tensor_layout"] == "NCDHW" and "RAS" in meta["axis_convention"]
     intensity = meta["preprocessing"]["intensity"]
     assert intensity["preset"] == "ct" and intensity["clip"] == [-100.0, 200.0]

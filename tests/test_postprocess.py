@@ -213,3 +213,101 @@ def test_write_statistics_round_trip(tmp_path, suffix):
 def test_write_statistics_bad_extension(tmp_path):
     with pytest.raises(ConfigError, match="allowed: .json, .csv"):
         write_statistics([], tmp_path / "stats.txt")
+
+
+# ----------------------------------------------------------------------------- regions
+
+BRATS = {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}
+
+
+def brats_map() -> np.ndarray:
+    """(40, 40, 40) BraTS labels: oedema (2) around necrosis (1) with an ET (4) slab of 768
+    voxels, a 64-voxel ET island in the necrosis and another in the oedema."""
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[5:35, 5:35, 5:35] = 2
+    labels[10:26, 10:26, 10:26] = 1
+    labels[10:26, 10:26, 10:13] = 4       # the main ET, 768 voxels
+    labels[18:22, 18:22, 18:22] = 4       # an ET island inside the necrosis (TC)
+    labels[28:32, 28:32, 28:32] = 4       # an ET island inside the oedema (WT only)
+    return labels
+
+
+def region_voxels(labels: np.ndarray) -> dict[str, int]:
+    return {name: int(np.isin(labels, values).sum()) for name, values in BRATS.items()}
+
+
+@pytest.mark.parametrize("operation", [
+    lambda labels, **kw: keep_largest_component(labels, **kw),
+    lambda labels, **kw: remove_small_components(labels, min_size_voxels=100, **kw),
+], ids=["largest", "min_size"])
+def test_region_filters_never_punch_holes_in_enclosing_regions(operation):
+    labels = brats_map()
+    before = region_voxels(labels)
+    per_label = operation(labels)  # the old behaviour: the islands become background
+    assert before["WT"] - region_voxels(per_label)["WT"] == 128
+    result = operation(labels, regions=BRATS)
+    assert result.dtype == labels.dtype
+    assert (result[18:22, 18:22, 18:22] == 1).all()  # ET island in TC -> TC's non-ET label
+    assert (result[28:32, 28:32, 28:32] == 2).all()  # ET island in oedema -> WT's label
+    after = region_voxels(result)
+    assert after["WT"] == before["WT"]
+    assert after["TC"] == before["TC"] - 64          # only the island outside the core left TC
+    assert after["ET"] == 768
+    changed = result != labels
+    assert changed.sum() == 128 and not (labels[~changed] != result[~changed]).any()
+
+
+def test_removing_a_whole_tumour_blob_removes_everything_inside_it():
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[2:14, 2:14, 2:14] = 2          # the main tumour: 1728 voxels of oedema ...
+    labels[7:9, 7:9, 7:9] = 4             # ... with 8 voxels of ET
+    labels[20:23, 20:23, 20:23] = 4       # a separate 27-voxel blob, all ET: larger than the main TC and ET
+    largest = keep_largest_component(labels, regions=BRATS)
+    assert not largest[18:25, 18:25, 18:25].any()  # WT dropped it, so TC and ET go with it ...
+    np.testing.assert_array_equal(largest[:15, :15, :15], labels[:15, :15, :15])  # ... and the main ET stays
+    small = labels.copy()
+    small[6:10, 6:10, 6:10] = 4           # the main ET: 64 voxels, over the minimum
+    small[20:23, 20:23, 20] = 2           # a mixed blob: oedema, necrosis and ET
+    small[20:23, 20:23, 21] = 1
+    small[20:23, 20:23, 22] = 4
+    result = remove_small_components(small, min_size_voxels=30, regions=BRATS)
+    assert not result[18:25, 18:25, 18:25].any()
+    np.testing.assert_array_equal(result[:15, :15, :15], small[:15, :15, :15])
+
+
+def test_largest_component_per_region():
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[2:20, 2:20, 2:20] = 2                      # one WT component
+    labels[4:10, 4:10, 4:10] = 1                      # TC component of 216 voxels
+    labels[12:15, 12:15, 12:15] = 1                   # TC component of 27 voxels
+    labels[4:6, 4:6, 4:6] = 4                         # ET in the big core: 8 voxels
+    labels[12:15, 12:15, 12] = 4                      # ET in the small core: 9 voxels, the largest ET blob
+    labels[8, 8, 8] = 4                               # one more ET voxel in the big core
+    result = keep_largest_component(labels, regions=BRATS)
+    assert (result[12:15, 12:15, 12:15] == 2).all()   # the smaller TC, with its ET, becomes oedema
+    assert (result[4:6, 4:6, 4:6] == 4).all()         # the largest ET is chosen inside the kept TC
+    assert result[8, 8, 8] == 1                       # the big core's smaller ET becomes necrosis
+    assert region_voxels(result) == {"WT": 18 ** 3, "TC": 216, "ET": 8}
+
+
+def test_region_filters_keep_a_clean_map_and_other_values_unchanged():
+    labels = brats_map()
+    labels[18:22, 18:22, 18:22] = 1
+    labels[28:32, 28:32, 28:32] = 2
+    labels[0, 0, 0] = 3                               # a value no region holds stays as it is
+    np.testing.assert_array_equal(keep_largest_component(labels, regions=BRATS), labels)
+    np.testing.assert_array_equal(remove_small_components(labels, min_size_voxels=1, regions=BRATS), labels)
+    with pytest.raises(ConfigError, match="not both"):
+        keep_largest_component(labels, label_values=[4], regions=BRATS)
+
+
+def test_segment_postprocess_acts_per_region_on_region_models():
+    from volseg.io import Volume
+    from volseg.predictor import Prediction
+    from volseg.segment import OutputOptions, postprocess
+
+    labels = brats_map()
+    prediction = Prediction("case", labels, Volume(np.zeros(labels.shape, np.float32), np.eye(4)))
+    options = OutputOptions(largest_component=True, min_size_ml=0.1)
+    assert region_voxels(postprocess(labels, prediction, options, BRATS))["WT"] == region_voxels(labels)["WT"]
+    assert region_voxels(postprocess(labels, prediction, options))["WT"] < region_voxels(labels)["WT"]

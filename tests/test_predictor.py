@@ -11,7 +11,7 @@ from volseg.checkpoint import build_checkpoint, save_checkpoint
 from volseg.cli import main
 from volseg.config import config_from_dict
 from volseg.errors import OutputExistsError, ShapeError
-from volseg.io import read_volume
+from volseg.io import Volume, read_volume
 from volseg.nn import SegmentationNetwork, create_model
 from volseg.predictor import Predictor
 
@@ -204,3 +204,94 @@ def test_read_case_keeps_channel_order_and_names_a_bad_file(tmp_path):
     paths[2].write_bytes(b"not a nifti")
     with pytest.raises(InputFileError, match="channel_2"):
         read_case(paths)
+
+
+class EverywhereNet(SegmentationNetwork):
+    """Foreground everywhere, the zero background too: every output channel but the first is
+    certain (``regions``: every region is)."""
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 2, regions: bool = False) -> None:
+        super().__init__(3, in_channels, out_channels)
+        self.regions = regions
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.full((x.shape[0], self.num_classes, *x.shape[2:]), 10.0)
+        if not self.regions:
+            logits[:, 0] = -10.0
+        return logits
+
+
+def mri_like(shape=(20, 18, 16)) -> tuple[np.ndarray, np.ndarray]:
+    """A ball of non-zero intensities in a zero background, and a second channel that is
+    non-zero only in a corner slab the ball does not reach."""
+    grid = np.indices(shape) - (np.array(shape) - 1)[:, None, None, None] / 2
+    ball = np.where((grid ** 2).sum(0) < 7.0 ** 2, 100.0 + grid[0], 0.0).astype(np.float32)
+    corner = np.zeros(shape, np.float32)
+    corner[:2, :2, :] = 5.0
+    return ball, corner
+
+
+def mri_config(regions=False, mask=True, **inference):
+    data = {"labels": {0: "bg", 1: "core", 2: "edema", 4: "enhancing"}, "channels": ["a", "b"],
+            "regions": {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}} if regions else \
+        {"labels": {0: "bg", 1: "fg"}, "channels": ["a", "b"]}
+    return config_for(data=data, inference={"mask_nonzero": mask, **inference},
+                      preprocessing={"intensity": "mri", "crop_foreground": False})
+
+
+@pytest.mark.parametrize("regions", [False, True], ids=["classes", "regions"])
+def test_nonzero_mask_makes_the_zero_background_background(regions):
+    ball, corner = mri_like()
+    inside = (ball != 0) | (corner != 0)
+    channels = [Volume(ball, np.eye(4)), Volume(corner, np.eye(4))]
+    network = EverywhereNet(2, 3 if regions else 2, regions)
+    predictor = Predictor(network, mri_config(regions))
+    result = predictor.predict_volumes(channels, probabilities=True, uncertainty="entropy")
+    foreground = 4 if regions else 1
+    assert (result.labels[inside] == foreground).all() and (result.labels[~inside] == 0).all()
+    assert (~inside).sum() > 1000 and (corner != 0).sum() == 64  # the corner slab counts: a union of channels
+    outside = result.probabilities[~inside]
+    assert np.array_equal(outside, np.zeros_like(outside) if regions else np.tile([1.0, 0.0], (len(outside), 1)))
+    assert (result.probabilities[inside][:, -1] > 0.99).all() and (result.uncertainty[~inside] == 0).all()
+    unmasked = Predictor(network, mri_config(regions, mask=False)).predict_volumes(channels, probabilities=True)
+    assert (unmasked.labels == foreground).all() and (unmasked.probabilities[..., -1] > 0.99).all()
+    overridden = Predictor(network, mri_config(regions), mask_nonzero=False).predict_volumes(channels)
+    assert (overridden.labels == foreground).all()
+
+
+def test_nonzero_mask_is_off_for_checkpoints_that_predate_it(tmp_path):
+    from volseg.checkpoint import checkpoint_config, load_checkpoint
+
+    ball, _ = mri_like()
+    nib.save(nib.Nifti1Image(ball, np.eye(4)), str(tmp_path / "in.nii.gz"))
+    config = config_for(preprocessing={"intensity": "mri", "crop_foreground": False})
+    old = build_checkpoint(create_model("unet", 3, 1, 2, features=[4, 8]), config)
+    del old["config"]["inference"]["mask_nonzero"]  # as written before the setting existed
+    path = save_checkpoint(old, tmp_path / "old.pt")
+    assert checkpoint_config(load_checkpoint(path)).inference.mask_nonzero is False
+    predictor = Predictor.from_checkpoint(path)
+    predictor.network = EverywhereNet()
+    assert not predictor.mask_nonzero and (predictor.predict(Volume(ball, np.eye(4))) == 1).all()
+    for name in ("hippocampus", "brats"):  # the bundled models predate it: their labels stay as they were
+        assert Predictor.from_checkpoint(name).mask_nonzero is False
+    new = save_checkpoint(build_checkpoint(create_model("unet", 3, 1, 2, features=[4, 8]), mri_config(mask=True)),
+                          tmp_path / "new.pt")
+    assert checkpoint_config(load_checkpoint(new)).inference.mask_nonzero is True  # recorded in the checkpoint
+
+
+def test_nonzero_mask_from_the_cli(tmp_path, monkeypatch):
+    from volseg.errors import ConfigError
+
+    monkeypatch.setattr("volseg.predictor.model_from_checkpoint", lambda checkpoint: EverywhereNet())
+    ball, _ = mri_like()
+    nib.save(nib.Nifti1Image(ball, np.eye(4)), str(tmp_path / "in.nii.gz"))
+    config = config_for(preprocessing={"intensity": "mri", "crop_foreground": False}, inference={"mask_nonzero": True})
+    path = save_checkpoint(build_checkpoint(create_model("unet", 3, 1, 2, features=[4, 8]), config), tmp_path / "m.pt")
+    for flag, expected in (([], True), (["--no-mask-nonzero"], False)):
+        out = tmp_path / f"out{len(flag)}.nii.gz"
+        argv = ["predict", "-m", str(path), "-i", str(tmp_path / "in.nii.gz"), "-o", str(out), "--quiet", *flag]
+        assert main(argv) == 0
+        labels = read_volume(out).array
+        assert (labels[ball != 0] == 1).all() and (labels[ball == 0] == 0).all() == expected
+    with pytest.raises(ConfigError, match="background"):
+        Predictor(ThresholdNet(), config_for(data={"labels": {1: "a", 2: "b"}}), mask_nonzero=True)

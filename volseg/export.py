@@ -165,7 +165,9 @@ def _outputs(config: Config, num_outputs: int | None) -> dict[str, Any]:
 def _inference(config: Config, roi: Sequence[int]) -> dict[str, Any]:
     inference = config.inference
     return {"roi_size": list(roi), "overlap": inference.overlap, "blend": inference.blend,
-            "sw_batch_size": inference.sw_batch_size, "tta_flips": list(inference.tta_flips)}
+            "sw_batch_size": inference.sw_batch_size, "tta_flips": list(inference.tta_flips),
+            "mask_nonzero": inference.mask_nonzero,
+            "mask_nonzero_rule": "background wherever every input channel is 0 (on the input grid)"}
 
 
 def _preprocessing(config: Config) -> dict[str, Any]:

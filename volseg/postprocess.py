@@ -6,6 +6,14 @@ a connected set of voxels equal to ``v``: face neighbours by default (6 in 3D, 4
 also edge and corner neighbours (26 / 8) with ``fully_connected=True``. Voxels of another
 label never connect two blobs of ``v``.
 
+On a region model (``regions``, e.g. BraTS WT = {1, 2, 4}, TC = {1, 4}, ET = {4}) the
+component filters act on each region's mask instead, outer regions first, and the map is
+rebuilt by :func:`volseg.data.labels.regions_to_labels`: a region nested in another only
+keeps what lies in the outer one's kept part (dropping a WT blob drops the TC and ET inside
+it; the largest TC is chosen inside the kept WT), and a dropped inner component takes the
+label of the regions that still hold it (a small ET island in oedema becomes oedema, not a
+hole in WT).
+
 Every function returns a new array with the dtype and shape of its input and never changes
 the input. The work is done by SimpleITK (``LabelShapeStatisticsImageFilter`` finds each
 label's bounding box, ``ConnectedComponent`` + ``RelabelComponent`` label and sort its
@@ -24,7 +32,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,23 +162,68 @@ def connected_components(mask: np.ndarray, *, fully_connected: bool = False) -> 
     return instances.astype(np.int32, copy=False), sizes
 
 
+#: How many of a mask's components, sorted by size descending, stay: ``keep(sizes) -> count``.
+KeepCount = Callable[[list[int]], int]
+
+
+def _filter_components(labels: Any, keep: KeepCount, label_values: Iterable[int] | None,
+                       regions: Mapping[str, Sequence[int]] | None, fully_connected: bool) -> np.ndarray:
+    """Drop the components ``keep`` does not keep, per label value or per region; ``(*S)`` -> ``(*S)``."""
+    original = to_numpy(labels)
+    array = as_label_array(original)
+    if regions is not None:
+        if label_values is not None:
+            raise ConfigError(f"give label_values or regions, not both; got label_values={label_values!r}, "
+                              f"regions={dict(regions)!r}")
+        return _filter_regions(original, array, keep, regions, fully_connected)
+    out = original.copy()
+    for value, box, instances, sizes in _per_value(array, _check_values(label_values), fully_connected):
+        kept = keep(sizes)
+        if kept < len(sizes):
+            out[box][instances > kept] = 0
+            logger.debug("label %d: kept %d of %d components", value, kept, len(sizes))
+    return out
+
+
+def _filter_regions(original: np.ndarray, array: np.ndarray, keep: KeepCount,
+                    regions: Mapping[str, Sequence[int]], fully_connected: bool) -> np.ndarray:
+    """:func:`_filter_components` on each region's mask ``(R, *S)``, outer regions first: a
+    region inside another (its label set a strict subset) is first cut to what the outer one
+    kept, so e.g. the largest TC is chosen inside the kept WT."""
+    from volseg.data.labels import labels_to_regions, regions_to_labels  # MONAI-heavy: only for region models
+
+    masks = labels_to_regions(array, regions)
+    before = masks.copy()
+    names = list(regions)
+    sets = [set(int(v) for v in values) for values in regions.values()]
+    for r in sorted(range(len(sets)), key=lambda r: -len(sets[r])):  # a strict superset comes first
+        for outer in range(len(sets)):
+            if sets[r] < sets[outer]:
+                masks[r] &= masks[outer]
+        instances, sizes = _sorted_components(masks[r], fully_connected)
+        kept = keep(sizes)
+        if kept < len(sizes):
+            masks[r] &= instances <= kept
+            logger.debug("region %s: kept %d of %d components", names[r], kept, len(sizes))
+    changed = (masks != before).any(axis=0)
+    out = original.copy()
+    if changed.any():
+        out[changed] = regions_to_labels(masks[:, changed], regions)
+    return out
+
+
 def keep_largest_component(
     labels: np.ndarray,
     *,
     label_values: Iterable[int] | None = None,
+    regions: Mapping[str, Sequence[int]] | None = None,
     fully_connected: bool = False,
 ) -> np.ndarray:
     """Per label value (``label_values``, default all non-zero), keep only its largest
     connected component; the other voxels of that value become 0. ``(*S)`` -> ``(*S)``,
-    same dtype. Of equal-sized largest components the first in raster order stays."""
-    original = to_numpy(labels)
-    array = as_label_array(original)
-    out = original.copy()
-    for value, box, instances, sizes in _per_value(array, _check_values(label_values), fully_connected):
-        if len(sizes) > 1:
-            out[box][instances > 1] = 0
-            logger.debug("label %d: kept the largest of %d components (%d voxels)", value, len(sizes), sizes[0])
-    return out
+    same dtype. Of equal-sized largest components the first in raster order stays.
+    With ``regions`` (name -> label values), per region instead (see the module notes)."""
+    return _filter_components(labels, lambda sizes: min(len(sizes), 1), label_values, regions, fully_connected)
 
 
 def remove_small_components(
@@ -180,14 +233,15 @@ def remove_small_components(
     min_size_ml: float | None = None,
     spacing: Sequence[float] | None = None,
     label_values: Iterable[int] | None = None,
+    regions: Mapping[str, Sequence[int]] | None = None,
     fully_connected: bool = False,
 ) -> np.ndarray:
     """Per label value (``label_values``, default all non-zero), set to 0 its connected
     components smaller than ``min_size_voxels`` voxels or ``min_size_ml`` mL (give exactly
     one; a component of exactly the minimum stays). ``spacing``: voxel size in mm per axis
-    (default 1 mm). ``(*S)`` -> ``(*S)``, same dtype."""
-    original = to_numpy(labels)
-    array = as_label_array(original)
+    (default 1 mm). ``(*S)`` -> ``(*S)``, same dtype. With ``regions`` (name -> label
+    values), per region instead (see the module notes)."""
+    array = as_label_array(to_numpy(labels))
     voxel_ml = _voxel_ml(check_spacing(spacing, array.ndim))
     if (min_size_voxels is None) == (min_size_ml is None):
         raise ConfigError("give exactly one of min_size_voxels and min_size_ml, got "
@@ -201,13 +255,11 @@ def remove_small_components(
             raise ConfigError(f"min_size_ml must be a finite volume >= 0 (mL), got {min_size_ml!r}")
         # a relative tolerance: 10 voxels of 3 mm^3 are 0.03 mL, not 0.030000000000000002
         min_voxels = float(min_size_ml) / voxel_ml * (1 - 1e-9)
-    out = original.copy()
-    for value, box, instances, sizes in _per_value(array, _check_values(label_values), fully_connected):
-        kept = sum(1 for size in sizes if size >= min_voxels)  # sizes are sorted descending
-        if kept < len(sizes):
-            out[box][instances > kept] = 0
-            logger.debug("label %d: removed %d of %d components", value, len(sizes) - kept, len(sizes))
-    return out
+
+    def keep(sizes: list[int]) -> int:  # sizes are sorted descending
+        return sum(1 for size in sizes if size >= min_voxels)
+
+    return _filter_components(labels, keep, label_values, regions, fully_connected)
 
 
 # ----------------------------------------------------------------------------- statistics

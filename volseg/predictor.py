@@ -65,6 +65,8 @@ class Predictor:
         tta: mirror over every spatial axis (default: on with CUDA, off on CPU where it
             multiplies the time).
         autocast: ``"fp16"``/``"bf16"`` on CUDA (default bf16 on CUDA, none on CPU).
+        mask_nonzero: background wherever every input channel is 0 (default: the checkpoint's
+            ``inference.mask_nonzero``; off for checkpoints that predate it).
         progress: ``progress(done_windows, total_windows)`` for each case.
     """
 
@@ -79,6 +81,7 @@ class Predictor:
         blend: str | None = None,
         tta: bool | None = None,
         autocast: str | None = "auto",
+        mask_nonzero: bool | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.config = config
@@ -100,6 +103,10 @@ class Predictor:
         self.progress = progress
         self.regions = dict(config.data.regions) if config.data.regions else None
         self.labels = dict(config.data.labels)
+        self.mask_nonzero = inference.mask_nonzero if mask_nonzero is None else bool(mask_nonzero)
+        if self.mask_nonzero and self.regions is None and 0 not in self.labels:
+            raise ConfigError(f"mask_nonzero needs label 0 (background) in data.labels; got labels "
+                              f"{sorted(self.labels)}")
         self.transforms = inference_transforms(config.preprocessing)
 
     @classmethod
@@ -173,8 +180,23 @@ class Predictor:
         if uncertainty == "tta-variance":
             on_input = invert_to_input(variance, data, mode="bilinear").as_tensor()
             result.uncertainty = on_input.mean(dim=0).numpy().astype(np.float32)
+        if self.mask_nonzero:
+            self._mask_outside(result, nonzero_mask(channels))
         result.seconds = time.perf_counter() - started
         return result
+
+    def _mask_outside(self, result: Prediction, inside: np.ndarray) -> None:
+        """Make ``result`` background where ``inside`` (*S) is False: label 0, probability 1 for
+        the background class (0 for every region), uncertainty 0."""
+        outside = ~inside
+        result.labels[outside] = 0
+        if result.probabilities is not None:
+            background = np.zeros(result.probabilities.shape[-1], dtype=np.float32)
+            if self.regions is None:
+                background[sorted(self.labels).index(0)] = 1.0
+            result.probabilities[outside] = background
+        if result.uncertainty is not None:
+            result.uncertainty[outside] = 0.0
 
     def _probabilities(self, image: torch.Tensor, with_variance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mean class/region probabilities (K, *S) on the preprocessed grid, and their variance over
@@ -213,6 +235,17 @@ class Predictor:
         if not resampled:
             indices = invert_to_input(indices, data, mode="nearest").as_tensor()
         return class_indices_to_labels(indices.numpy(), sorted(self.labels))
+
+
+def nonzero_mask(channels: Sequence[Volume]) -> np.ndarray:
+    """Voxels (*S) where any input channel (of any of ``channels``) is not 0."""
+    inside = None
+    for volume in channels:
+        found = volume.array != 0
+        if volume.array.ndim > volume.spatial_dims:  # (*S, C)
+            found = found.any(axis=-1)
+        inside = found if inside is None else inside | found
+    return inside
 
 
 def _entropy(probabilities: torch.Tensor, regions: bool) -> np.ndarray:

@@ -117,7 +117,7 @@ def segment_case(predictor: Predictor, case: PredictionInput, labels_path: Path,
     prediction = predictor.predict_volumes(
         channels, case_id=case.case_id, probabilities=options.probabilities, uncertainty=options.uncertainty
     )
-    labels = postprocess(prediction.labels, prediction, options)
+    labels = postprocess(prediction.labels, prediction, options, predictor.regions)
     labels = to_brats_convention(labels, predictor, case.brats_convention)
     reference, side = prediction.reference, output_paths(labels_path)
     # Side outputs may be left from an interrupted run of this (unfinished) case: replace them,
@@ -143,12 +143,15 @@ def segment_case(predictor: Predictor, case: PredictionInput, labels_path: Path,
     return CaseOutcome(case.case_id, labels_path, skipped=False, seconds=prediction.seconds, statistics=statistics)
 
 
-def postprocess(labels: np.ndarray, prediction: Prediction, options: OutputOptions) -> np.ndarray:
-    """Largest connected component per label and/or removal of components under ``min_size_ml``."""
+def postprocess(labels: np.ndarray, prediction: Prediction, options: OutputOptions,
+                regions: dict[str, list[int]] | None = None) -> np.ndarray:
+    """Largest connected component and/or removal of components under ``min_size_ml``, per
+    label value, or per region on a region model (``regions``: name -> label values)."""
     if options.largest_component:
-        labels = keep_largest_component(labels)
+        labels = keep_largest_component(labels, regions=regions)
     if options.min_size_ml:
-        labels = remove_small_components(labels, min_size_ml=options.min_size_ml, spacing=prediction.reference.spacing)
+        labels = remove_small_components(labels, min_size_ml=options.min_size_ml, spacing=prediction.reference.spacing,
+                                          regions=regions)
     return labels
 
 

@@ -85,13 +85,14 @@ def test_plan_config_builds_a_network_that_takes_its_patch(tmp_path, make_msd):
     model = create_model("unet", 3, 1, 3, **config.network.options)
     assert model.is_valid_input_shape(config.sampling.patch_size)
     assert config.inference.roi_size == config.sampling.patch_size
+    assert config.inference.mask_nonzero is True  # MRI: the zero background is background
 
 
 def test_ct_is_recognised_by_modality_or_by_hounsfield_air(tmp_path, make_msd):
     by_name, _ = plan_dataset(str(make_msd(tmp_path / "named", modality="CT")))
     by_values, _ = plan_dataset(str(make_msd(tmp_path / "air", modality="", offset=-1000.0)))
     for config in (by_name, by_values):
-        assert config.preprocessing.intensity == "ct"
+        assert config.preprocessing.intensity == "ct" and config.inference.mask_nonzero is False
         low, high = config.preprocessing.clip
         assert 100 <= low <= high <= 103  # the labelled voxels are 100 + case index
 

@@ -174,6 +174,10 @@ def test_regions_round_trip_is_exact(enhancing: int) -> None:
     np.testing.assert_array_equal(from_floats.numpy(), masks)
     np.testing.assert_array_equal(T.regions_to_labels(masks, regions), labels[0])
     np.testing.assert_array_equal(T.regions_to_labels(masks.astype(np.float32) * 0.9, regions), labels[0])
+    from volseg.data.labels import labels_to_regions  # the numpy form, for label maps
+
+    assert labels_to_regions(labels[0], regions).dtype == bool
+    np.testing.assert_array_equal(labels_to_regions(labels[0], regions), masks.astype(bool))
 
 
 def test_inconsistent_regions_resolve_to_the_smallest_region() -> None:

@@ -141,6 +141,13 @@ def regions_to_labels(binary_regions: np.ndarray, regions: Mapping[str, Sequence
     return table[code]
 
 
+def labels_to_regions(labels: np.ndarray, regions: Mapping[str, Sequence[int]]) -> np.ndarray:
+    """Label values ``(*S)`` -> region masks ``(R, *S)`` bool, by :class:`LabelsToRegionsd`'s rule;
+    :func:`regions_to_labels` is the inverse."""
+    raw = torch.from_numpy(np.asarray(labels, dtype=np.int64))[None]
+    return LabelsToRegionsd(LABEL, regions)({LABEL: raw})[LABEL].numpy().astype(bool)
+
+
 def label_spec(labels: Mapping[int, str] | None, regions: Mapping[str, Sequence[int]] | None
                 ) -> tuple[list[int] | None, dict[str, list[int]] | None]:
     """Sorted raw label values (None: keep raw values) and the regions as class indices."""
