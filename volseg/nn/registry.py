@@ -88,10 +88,11 @@ def create_model(name: str, spatial_dims: int, in_channels: int, num_classes: in
 
 
 def describe_model(name: str, spatial_dims: int, in_channels: int, num_classes: int, **kwargs: Any) -> dict[str, Any]:
-    """The resolved config and parameter count of a network, built without allocating weights."""
+    """The summary, resolved config and parameter count of a network, built without allocating weights."""
     with torch.device("meta"):
         model = create_model(name, spatial_dims, in_channels, num_classes, **kwargs)
-    return {"config": model.config, "parameters": sum(p.numel() for p in model.parameters())}
+    parameters = sum(p.numel() for p in model.parameters())
+    return {"summary": model_entry(name).summary, "config": model.config, "parameters": parameters}
 
 
 def to_json(value: Any) -> Any:
@@ -105,7 +106,12 @@ def to_json(value: Any) -> Any:
     return value
 
 
-register_model("unet", UNet, "padded U-Net (nnU-Net style): per-stage/axis strides, residual, deep supervision")
+register_model(
+    "unet",
+    UNet,
+    "padded U-Net (nnU-Net style): per-stage/axis strides, deep supervision, residual blocks "
+    "(residual: true, or 'encoder' with encoder_blocks per stage and decoder_convs for nnU-Net's ResEnc)",
+)
 register_model(
     "attention-unet",
     UNet,

@@ -3,9 +3,11 @@
 Stage ``i`` of the encoder works at the input resolution divided by the product of
 ``strides[: i + 1]``; the decoder mirrors the encoder, each step up-sampling,
 concatenating the skip (optionally attention-gated, Oktay et al. 2018) and
-convolving. Deep-supervision heads on the coarser decoder stages always exist,
-so the same weights load with deep supervision on or off; they are only
-returned in training mode with ``deep_supervision=True``.
+convolving. With ``residual="encoder"`` and several ``encoder_blocks`` per stage it
+is nnU-Net's residual-encoder U-Net (ResEnc): stacks of residual blocks down, one
+plain convolution block per stage up. Deep-supervision heads on the coarser decoder
+stages always exist, so the same weights load with deep supervision on or off; they
+are only returned in training mode with ``deep_supervision=True``.
 """
 
 from __future__ import annotations
@@ -56,6 +58,37 @@ def check_features(features: Sequence[int]) -> list[int]:
     return features
 
 
+def check_residual(residual: bool | str) -> bool | str:
+    """``residual`` if it is False, True or ``"encoder"``, else a ``ConfigError``."""
+    if isinstance(residual, bool) or residual == "encoder":
+        return residual
+    raise ConfigError(
+        f"residual={residual!r} is not valid; allowed: false (plain), true (residual blocks everywhere) "
+        "or 'encoder' (residual encoder, plain decoder)"
+    )
+
+
+def blocks_per_stage(encoder_blocks: int | Sequence[int], num_stages: int) -> list[int]:
+    """One block count per encoder stage, from an int or a list of ``num_stages`` ints >= 1."""
+    if isinstance(encoder_blocks, int) and not isinstance(encoder_blocks, bool):
+        counts = [encoder_blocks] * num_stages
+    elif isinstance(encoder_blocks, Sequence) and not isinstance(encoder_blocks, str):
+        counts = list(encoder_blocks)
+    else:
+        counts = [0]
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in counts):
+        raise ConfigError(
+            f"encoder_blocks={encoder_blocks!r} is not valid; allowed: an int >= 1 or a list of "
+            f"{num_stages} ints >= 1, one per stage"
+        )
+    if len(counts) != num_stages:
+        raise ConfigError(
+            f"encoder_blocks={encoder_blocks!r} has {len(counts)} entries; this network has {num_stages} "
+            "stages (one per entry of features)"
+        )
+    return counts
+
+
 def encoder_stage(
     spatial_dims: int,
     in_channels: int,
@@ -64,21 +97,22 @@ def encoder_stage(
     stride: Sequence[int],
     downsample: str,
     block_type: type[nn.Module] = ConvBlock,
+    num_blocks: int = 1,
     **block_options: Any,
 ) -> nn.Module:
     """One encoder stage: (N, in_channels, *S) -> (N, out_channels, *S / stride).
 
-    ``downsample="conv"`` strides the block's first convolution (nnU-Net); ``"maxpool"`` or
-    ``"avgpool"`` pools first. Stage 0 (stride 1) is the block alone.
+    ``num_blocks`` blocks in a row; only the first changes size and channels.
+    ``downsample="conv"`` strides the first block's first convolution (nnU-Net); ``"maxpool"``
+    or ``"avgpool"`` pools first. One block without pooling is the block alone.
     """
     if downsample not in DOWN_MODES:
         raise choice_error("downsample mode", downsample, DOWN_MODES)
-    if downsample == "conv" or all(s == 1 for s in stride):
-        return block_type(spatial_dims, in_channels, out_channels, stride=stride, **block_options)
-    return nn.Sequential(
-        DownStep(spatial_dims, in_channels, stride=stride, mode=downsample),
-        block_type(spatial_dims, in_channels, out_channels, **block_options),
-    )
+    pooled = downsample != "conv" and any(s != 1 for s in stride)
+    layers: list[nn.Module] = [DownStep(spatial_dims, in_channels, stride=stride, mode=downsample)] if pooled else []
+    layers.append(block_type(spatial_dims, in_channels, out_channels, stride=1 if pooled else stride, **block_options))
+    layers += [block_type(spatial_dims, out_channels, out_channels, **block_options) for _ in range(num_blocks - 1)]
+    return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
 
 
 def total_strides(strides: Sequence[Sequence[int]]) -> tuple[int, ...]:
@@ -100,10 +134,15 @@ class UNet(SegmentationNetwork):
         kernel_sizes: an int, one per stage, or per stage and axis.
         strides: down-sampling per stage (see :func:`normalise_strides`), per axis for
             anisotropic data: ``[[1, 1, 1], [1, 2, 2], [2, 2, 2], ...]``.
-        num_convs: convolutions per stage.
+        num_convs: convolutions per encoder block (and per decoder block unless
+            ``decoder_convs`` is given).
         norm, act: layer specs (see :mod:`volseg.nn.layers`).
         dropout: channel-dropout probability after each convolution.
-        residual: residual blocks instead of plain stacked convolutions.
+        residual: ``False`` plain convolution blocks; ``True`` residual blocks in encoder
+            and decoder; ``"encoder"`` residual encoder, plain decoder (nnU-Net ResEnc).
+        encoder_blocks: blocks stacked in each encoder stage, an int or one per stage
+            (ResEnc M/L: ``[1, 3, 4, 6, 6, 6, ...]``); only the first block strides.
+        decoder_convs: convolutions per decoder block (ResEnc: 1); default ``num_convs``.
         downsample: ``"conv"`` (strided first convolution), ``"maxpool"`` or ``"avgpool"``.
         upsample: ``"transpose"`` or ``"interpolate"``.
         attention_gates: gate each skip with the coarser decoder features (Oktay et al.).
@@ -125,7 +164,9 @@ class UNet(SegmentationNetwork):
         norm: LayerSpec = "instance",
         act: LayerSpec = DEFAULT_ACT,
         dropout: float = 0.0,
-        residual: bool = False,
+        residual: bool | str = False,
+        encoder_blocks: int | Sequence[int] = 1,
+        decoder_convs: int | None = None,
         downsample: str = "conv",
         upsample: str = "transpose",
         attention_gates: bool = False,
@@ -141,13 +182,22 @@ class UNet(SegmentationNetwork):
         self.size_divisor = total_strides(self.strides)
         self.deep_supervision = deep_supervision
         self.gradient_checkpointing = gradient_checkpointing
-        block_options = dict(num_convs=num_convs, norm=norm, act=act, dropout=dropout)
-        block_type = ResidualBlock if residual else ConvBlock
+        residual = check_residual(residual)
+        stage_blocks = blocks_per_stage(encoder_blocks, num_stages)
+        if decoder_convs is None:
+            decoder_convs = self.resolved_arguments["decoder_convs"] = num_convs
+        elif isinstance(decoder_convs, bool) or not isinstance(decoder_convs, int) or decoder_convs < 1:
+            raise ConfigError(f"decoder_convs={decoder_convs!r} is not valid; allowed: an int >= 1 (null: num_convs)")
+        options = dict(norm=norm, act=act, dropout=dropout)
+        encoder_type = ResidualBlock if residual else ConvBlock
+        decoder_type = ResidualBlock if residual is True else ConvBlock
 
+        stages = zip(features, kernels, self.strides, stage_blocks)
         self.encoder = nn.ModuleList(
             encoder_stage(spatial_dims, in_channels if stage == 0 else features[stage - 1], channels, stride=stride,
-                          downsample=downsample, block_type=block_type, kernel_size=kernel, **block_options)
-            for stage, (channels, kernel, stride) in enumerate(zip(features, kernels, self.strides))
+                          downsample=downsample, block_type=encoder_type, num_blocks=blocks, kernel_size=kernel,
+                          num_convs=num_convs, **options)
+            for stage, (channels, kernel, stride, blocks) in enumerate(stages)
         )
 
         # Decoder modules are indexed by the level they produce: level 0 is full resolution.
@@ -158,7 +208,8 @@ class UNet(SegmentationNetwork):
             coarse, fine, scale = features[level + 1], features[level], self.strides[level + 1]
             self.up_steps.append(UpStep(spatial_dims, coarse, fine, scale=scale, mode=upsample))
             self.gates.append(AttentionGate(spatial_dims, fine, coarse, stride=scale) if attention_gates else nn.Identity())
-            self.decoder.append(block_type(spatial_dims, 2 * fine, fine, kernel_size=kernels[level], **block_options))
+            self.decoder.append(decoder_type(spatial_dims, 2 * fine, fine, kernel_size=kernels[level],
+                                             num_convs=decoder_convs, **options))
         conv = layer_class("conv", spatial_dims)
         # heads[0] is the main head; heads[k] reads decoder level k (deep supervision).
         self.heads = nn.ModuleList(conv(features[level], num_classes, 1) for level in range(num_stages - 1))
