@@ -92,25 +92,59 @@ def train_command(args: argparse.Namespace) -> int:
     from volseg.training import CONFIG_FILE, train
 
     overrides = list(args.set or [])
-    if args.fold is not None:
-        overrides.append(f"data.fold={args.fold}")
+    all_folds = args.fold == "all"
+    if args.fold is not None and not all_folds:
+        overrides.append(f"data.fold={_fold_number(args.fold)}")
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / CONFIG_FILE).is_file():
+        if (run_dir / CONFIG_FILE).is_file():
+            config = load_config(run_dir / CONFIG_FILE, overrides)
+        elif any(run_dir.glob(f"fold_*/{CONFIG_FILE}")):  # a cross-validation folder
+            from volseg.config import apply_overrides, config_from_dict, config_to_dict
+            from volseg.crossval import resume_config
+
+            config, all_folds = config_from_dict(apply_overrides(config_to_dict(resume_config(run_dir)), overrides)), True
+        else:
             raise InputFileError(f"{run_dir} is not a volseg run folder (no {CONFIG_FILE}); nothing to resume")
-        config = load_config(run_dir / CONFIG_FILE, overrides)
     elif args.config:
         config = load_config(args.config, overrides)
         fold = "all" if config.data.fold == -1 else str(config.data.fold)
-        run_dir = Path(args.output) if args.output else Path("runs") / Path(args.config).stem / f"fold_{fold}"
+        default = Path("runs") / Path(args.config).stem
+        run_dir = Path(args.output) if args.output else default if all_folds else default / f"fold_{fold}"
     else:
         raise ConfigError("give a CONFIG file to start a run, or --resume RUN_DIR to continue one")
+    options = {"resume": bool(args.resume), "overwrite": args.overwrite, "until_epoch": args.until_epoch,
+               "progress_bar": None if args.quiet else functools.partial(tqdm, disable=_bars_off(args))}
     with logging_redirect_tqdm():  # per-epoch log lines print above the progress bar, not through it
-        result = train(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite,
-                       until_epoch=args.until_epoch,
-                       progress_bar=None if args.quiet else functools.partial(tqdm, disable=_bars_off(args)))
-    best = "no validation" if result.best_metric is None else f"best mean Dice {result.best_metric:.4f} at epoch {result.best_epoch}"
-    logger.info("finished %d epochs in %s: %s", result.epochs_run, result.run_dir, best)
+        if all_folds:
+            from volseg.crossval import train_all_folds
+
+            results = [r for r in train_all_folds(config, run_dir, **options) if r is not None]
+        else:
+            results = [train(config, run_dir, **options)]
+    for result in results:
+        best = "no validation" if result.best_metric is None else f"best mean Dice {result.best_metric:.4f} at epoch {result.best_epoch}"
+        logger.info("finished %d epochs in %s: %s", result.epochs_run, result.run_dir, best)
+    return 0
+
+
+def _fold_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--fold {text!r} is not valid; allowed: a fold number, -1 (train on every case) or all") from None
+
+
+def evaluate_run_command(args: argparse.Namespace) -> int:
+    from volseg.evaluation import evaluate_run, format_summary
+
+    def on_case(case_id: str, index: int, total: int) -> None:
+        logger.info("case %d/%d: %s", index, total, case_id)
+
+    result = evaluate_run(args.run_dir, args.output, checkpoint=args.checkpoint, mirroring=not args.no_mirroring,
+                          device=args.device, overwrite=args.overwrite, on_case=on_case)
+    print(format_summary(result.summary))
+    logger.info("wrote %s", result.output_dir)
     return 0
 
 
@@ -151,7 +185,7 @@ def predict_command(args: argparse.Namespace) -> int:
 
     predictor = Predictor.from_checkpoint(
         args.model, device=args.device, overlap=args.overlap, sw_batch_size=args.batch, tta=args.tta,
-        progress=window_progress,
+        mask_nonzero=args.mask_nonzero, progress=window_progress,
     )
     cases = tqdm(desc="cases", unit="case", disable=_bars_off(args), file=sys.stderr, delay=1.0)
 
@@ -319,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?", help="the run's YAML config (volseg plan writes one)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. training.epochs=50")
     train.add_argument("-o", "--output", help="run folder (default runs/<config name>/fold_<k>)")
-    train.add_argument("--fold", type=int, help="cross-validation fold to train (-1: all cases)")
+    train.add_argument("--fold", help="cross-validation fold to train; all: every fold, one after another, "
+                       "into RUN_DIR/fold_<k>; -1: one model on every case")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument("--until-epoch", type=int, metavar="N", help="stop after epoch N (continue later with --resume)")
     train.add_argument("--overwrite", action="store_true", help="start again in a run folder that holds a run")
@@ -338,8 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--save-probabilities", action="store_true", help="also write class probabilities (4D)")
     predict.add_argument("--uncertainty", nargs="?", const="entropy", choices=("entropy", "tta-variance"),
                          help="also write a voxel-wise uncertainty map (default entropy)")
-    predict.add_argument("--largest-component", action="store_true", help="keep each label's largest connected component")
-    predict.add_argument("--min-size", type=float, metavar="ML", help="remove connected components smaller than ML millilitres")
+    predict.add_argument("--largest-component", action="store_true",
+                         help="keep each label's (region models: each region's) largest connected component")
+    predict.add_argument("--min-size", type=float, metavar="ML",
+                         help="remove connected components smaller than ML millilitres, per label or region")
+    predict.add_argument("--mask-nonzero", action=argparse.BooleanOptionalAction, default=None,
+                         help="background wherever every input channel is 0 (default: the model's setting)")
     predict.add_argument("--stats", action="store_true", help="print and write per-label volumes and component counts")
     predict.add_argument("--preview", action="store_true", help="write a PNG of three orthogonal slices with the labels")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -355,6 +394,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-o", "--output", help="write a CSV report (per case and summary)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing report")
     evaluate.set_defaults(handler=evaluate_command)
+
+    evaluate_run = subcommands.add_parser(
+        "evaluate-run", parents=[common], help="predict and score a run's held-out cases (per label or region)"
+    )
+    evaluate_run.add_argument("run_dir", help="a run folder, or a cross-validation folder of fold_<k> runs")
+    evaluate_run.add_argument("-o", "--output", help="output folder (default RUN_DIR/evaluation)")
+    evaluate_run.add_argument("--checkpoint", default="best.pt", choices=["best.pt", "last.pt"],
+                              help="best.pt (chosen on the validation cases; default) or last.pt")
+    evaluate_run.add_argument("--no-mirroring", action="store_true", help="no mirrored test-time augmentation")
+    evaluate_run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto")
+    evaluate_run.add_argument("--overwrite", action="store_true", help="replace an evaluation made with other settings")
+    evaluate_run.set_defaults(handler=evaluate_run_command)
 
     info = subcommands.add_parser("info", parents=[common], help="show what a checkpoint contains")
     info.add_argument("model", help="checkpoint file or bundled model name")
