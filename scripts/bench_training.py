@@ -1,22 +1,26 @@
 """Training-step benchmark: the pure step (the floor) vs volseg's Trainer vs a plain MONAI loop, one run.
 
 Every method trains its own copy of the same initial network (volseg's, from the config) with the
-same loss object, batch size, patch size and optimizer settings:
+same loss object, batch size, patch size, optimizer settings and precision (the Trainer's: autocast
+dtype, with a gradient scaler for fp16 on CUDA; fp32 on the CPU by default):
 
   pure              zero_grad + forward + loss + backward + optimizer step on one fixed random batch
   volseg _step      Trainer._step on that same fixed batch (the Trainer's step without its data)
   volseg trainer    the real Trainer (its cache, augmentation and loader over the real data): batches
                     of Trainer._loader(epoch) into Trainer._step, driven as Trainer.train_epoch does
   MONAI loop        textbook MONAI: LoadImaged ... RandAffined, CacheDataset + DataLoader with the
-                    config's num_workers, then zero_grad / forward / loss / backward / step (MetaTensors
+                    Trainer's worker count, then zero_grad / forward / loss / backward / step (MetaTensors
                     reach the network, as in MONAI's tutorials; flips + affine only, none of volseg's
                     intensity / blur / noise / low-resolution augmentations)
 
 The methods run interleaved in blocks: --rounds rounds, each running every method once (order
-rotated per round), so that a busy machine's load swings fall on all of them. A block starts a
-fresh data loader, as an epoch does (shut down again before the next method runs, so no worker
-prefetches in another method's time); the first block of each method drops --warmup steps, later
-ones their first step (the loader's start, which a real epoch amortises over its 100+ steps).
+rotated per round), so that a busy machine's load swings fall on all of them. The Trainer's loader
+keeps its workers from block to block as it does from epoch to epoch (each block takes exactly
+the batches it asks for, so no worker prefetches in another method's time); the MONAI loop starts
+a fresh loader per block, as its tutorials do per epoch, and shuts it down after. The first block
+of each method drops --warmup steps, later ones their first step (a fresh loader's start, which a
+real epoch amortises over its 100+ steps). For the cost of making one augmented patch, see
+scripts/bench_augmentation.py.
 Reported over the --steps kept steps per method: median and fastest s/step, steps/s, the median's
 ratio to pure, and the data-wait fraction (time blocked in next(loader) / step time).
 The Trainer's run folder is a temporary directory; validation is never run. 3D class-label configs.
@@ -53,7 +57,7 @@ from torch.utils.data import RandomSampler
 
 from volseg.config import Config, load_config
 from volseg.optim import build_optimizer
-from volseg.training import Trainer, output_channels
+from volseg.training import Trainer, output_channels, training_flags
 
 Samples = list[tuple[float, float]]  # (step seconds, data-wait seconds) per step
 Block = Callable[[int, int], Samples]  # (round, steps) -> samples
@@ -78,15 +82,37 @@ def fixed_batch_block(step: Callable[[], object], device: torch.device) -> Block
     return block
 
 
+def plain_step(network: torch.nn.Module, loss: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               trainer: Trainer) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """zero_grad + forward + loss + backward + step in the Trainer's precision (its autocast dtype,
+    and a gradient scaler of its own where the Trainer has one), without its checks and clipping."""
+    device, dtype = trainer.context.device, trainer.autocast_dtype
+    scaler = torch.amp.GradScaler(device.type) if trainer.scaler is not None else None
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            value = loss(network(images), labels)
+        if scaler is None:
+            value.backward()
+            optimizer.step()
+        else:
+            scaler.scale(value).backward()
+            scaler.step(optimizer)
+            scaler.update()
+    return step
+
+
 def trainer_block(trainer: Trainer) -> Block:
     """One epoch-like block of the real Trainer: its loader for epoch ``round`` into its ``_step``,
     the per-step work of ``Trainer.train_epoch`` with a clock around ``next()`` and around the step."""
     device = trainer.context.device
 
     def block(epoch: int, steps: int) -> Samples:
-        trainer.config.training.iterations_per_epoch = steps  # the block's loader yields exactly this many
+        loader = trainer._loader(epoch)
+        loader.sampler.num_samples = steps * trainer.config.sampling.batch_size  # exactly this block's batches
         trainer.model.train()
-        batches, samples = iter(trainer._loader(epoch)), []
+        batches, samples = iter(loader), []
         for step in range(steps):
             start = time.perf_counter()
             batch = next(batches)
@@ -98,7 +124,6 @@ def trainer_block(trainer: Trainer) -> Block:
             trainer._step(images, labels, *maps)
             sync(device)
             samples.append((time.perf_counter() - start, waited))
-        del batches  # shuts the workers down: no prefetching while the other methods run
         return samples
     return block
 
@@ -107,7 +132,7 @@ def _nonzero(image: torch.Tensor) -> torch.Tensor:
     return image != 0  # the z-scored image is negative in places: MONAI's default (> 0) would over-crop
 
 
-def monai_dataset(config: Config, items: list[dict[str, str]]) -> CacheDataset:
+def monai_dataset(config: Config, items: list[dict[str, str]], workers: int) -> CacheDataset:
     """The textbook MONAI pipeline with the config's spacing, patch, sampling ratio, flips and affine."""
     keys, patch = ["image", "label"], [int(p) for p in config.sampling.patch_size]
     aug, ratio = config.augmentation, config.sampling.foreground_ratio
@@ -125,14 +150,16 @@ def monai_dataset(config: Config, items: list[dict[str, str]]) -> CacheDataset:
         RandAffined(keys, prob=aug.affine.prob, spatial_size=patch, rotate_range=[(-angle, angle)] * 3,
                     scale_range=[(low - 1.0, high - 1.0)] * 3, mode=("bilinear", "nearest"), padding_mode="zeros"),
     ]).set_random_state(seed=config.training.seed)
-    return CacheDataset(items, transforms, cache_rate=1.0, num_workers=max(1, config.data.num_workers), progress=False)
+    return CacheDataset(items, transforms, cache_rate=1.0, num_workers=max(1, workers), progress=False)
 
 
 def monai_block(config: Config, dataset: CacheDataset, network: torch.nn.Module, loss: torch.nn.Module,
-                device: torch.device) -> Block:
-    """A textbook MONAI training loop over a fresh DataLoader per block (seeded by the round)."""
-    optimizer = build_optimizer(config.optimizer, network.parameters())
-    batch_size, workers, seed = config.sampling.batch_size, config.data.num_workers, config.training.seed
+                trainer: Trainer) -> Block:
+    """A textbook MONAI training loop over a fresh DataLoader per block (seeded by the round), with
+    the Trainer's worker count and precision."""
+    step = plain_step(network, loss, build_optimizer(config.optimizer, network.parameters()), trainer)
+    device, batch_size, workers, seed = trainer.context.device, config.sampling.batch_size, trainer.num_workers, \
+        config.training.seed
 
     def block(round_: int, steps: int) -> Samples:
         sampler = RandomSampler(dataset, replacement=True, num_samples=steps * batch_size,
@@ -146,11 +173,7 @@ def monai_block(config: Config, dataset: CacheDataset, network: torch.nn.Module,
             start = time.perf_counter()
             batch = next(batches)
             waited = time.perf_counter() - start
-            images, labels = batch["image"].to(device), batch["label"].to(device)
-            optimizer.zero_grad()
-            value = loss(network(images), labels)
-            value.backward()
-            optimizer.step()
+            step(batch["image"].to(device), batch["label"].to(device))
             sync(device)
             samples.append((time.perf_counter() - start, waited))
         del batches
@@ -185,7 +208,7 @@ def main() -> None:
     per_block = max(1, math.ceil(args.steps / args.rounds))
     seed, batch, patch = config.training.seed, config.sampling.batch_size, config.sampling.patch_size
 
-    with tempfile.TemporaryDirectory(prefix="bench_training_") as run_dir:
+    with tempfile.TemporaryDirectory(prefix="bench_training_") as run_dir, training_flags(config.training):
         started = time.perf_counter()
         trainer = Trainer(config, run_dir)  # seeds, splits, caches, network, loss, optimizer
         trainer_setup = time.perf_counter() - started
@@ -193,7 +216,7 @@ def main() -> None:
         initial = copy.deepcopy(trainer.network)  # the same starting weights for every method
         items = [{"image": item["image"][0], "label": item["label"]} for item in trainer.train_dataset.data]
         started = time.perf_counter()
-        dataset = monai_dataset(config, items)
+        dataset = monai_dataset(config, items, trainer.num_workers)
         monai_setup = time.perf_counter() - started
 
         torch.manual_seed(seed)
@@ -201,18 +224,13 @@ def main() -> None:
         images = torch.randn(batch, channels, *patch, device=device)
         labels = torch.randint(0, classes, (batch, 1, *patch), device=device)
         pure_net = copy.deepcopy(initial).train()
-        pure_opt = build_optimizer(config.optimizer, pure_net.parameters())
-
-        def pure_step() -> None:
-            pure_opt.zero_grad(set_to_none=True)
-            loss(pure_net(images), labels).backward()
-            pure_opt.step()
+        pure_step = plain_step(pure_net, loss, build_optimizer(config.optimizer, pure_net.parameters()), trainer)
 
         methods: dict[str, Block] = {
-            "pure (fixed batch)": fixed_batch_block(pure_step, device),
+            "pure (fixed batch)": fixed_batch_block(lambda: pure_step(images, labels), device),
             "volseg _step (fixed batch)": fixed_batch_block(lambda: trainer._step(images, labels), device),
             "volseg trainer": trainer_block(trainer),
-            "plain MONAI loop": monai_block(config, dataset, copy.deepcopy(initial), loss, device),
+            "plain MONAI loop": monai_block(config, dataset, copy.deepcopy(initial), loss, trainer),
         }
         names = list(methods)
         results: dict[str, Samples] = {name: [] for name in names}
@@ -226,6 +244,7 @@ def main() -> None:
                       file=sys.stderr, flush=True)
         if trainer.log is not None:
             trainer.log.close()
+        trainer.train_loader = None  # its workers exit
 
     parameters = sum(p.numel() for p in initial.parameters())
     print(f"# {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, {args.threads} torch threads, "
@@ -236,7 +255,7 @@ def main() -> None:
           f"(deep supervision {config.loss.deep_supervision}), "
           f"{config.optimizer.name} lr {config.optimizer.lr} grad_clip {config.optimizer.grad_clip}, "
           f"precision {trainer.autocast_dtype or 'fp32'}")
-    print(f"# data: {len(items)} training cases, cache {config.data.cache}, {config.data.num_workers} loader "
+    print(f"# data: {len(items)} training cases, cache {config.data.cache}, {trainer.num_workers} loader "
           f"workers; setup: Trainer {trainer_setup:.1f} s (splits, caches, network), MONAI cache {monai_setup:.1f} s")
     print(f"# {args.rounds} rounds x {per_block} measured steps per method (warm-up: {args.warmup} steps, "
           f"then {min(args.warmup, 1)} per block)")

@@ -74,6 +74,17 @@ def test_rng_state_round_trip():
     assert (random.random(), random.gauss(0, 1), np.random.rand(), torch.rand(1).item()) == first
 
 
+def test_rng_state_restores_only_the_gpus_this_machine_has(monkeypatch):
+    state = capture_rng_state()
+    state["cuda"] = [torch.full((16,), 1, dtype=torch.uint8), torch.full((16,), 2, dtype=torch.uint8)]  # saved on 2 GPUs
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # resumed on a machine with one
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda new, device: restored.append((new[0].item(), device)))
+    restore_rng_state(state)
+    assert restored == [(1, 0)]
+
+
 def test_half_precision_inference_copy(tmp_path, model, config):
     model.eval()
     slim = inference_only(build_checkpoint(model, config, training={"epoch": 1}), half=True)

@@ -3,6 +3,7 @@ deep supervision, the U-Net paper's border weight map, and loss_from_config."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import monai
@@ -217,6 +218,16 @@ def test_autocast_and_half_logits_are_computed_in_float32():
     assert value.dtype == torch.float32
     assert float(value) == pytest.approx(float(loss(half.float(), target)), rel=1e-6)
     assert loss(logits.half(), target).dtype == torch.float32
+
+
+def test_class_indices_off_the_cpu_are_not_read_back_to_the_host(monkeypatch):
+    """A GPU stands in as the meta device, whose values cannot be read: a host check would raise."""
+    monkeypatch.setattr(torch, "autocast", lambda *args, **kwargs: contextlib.nullcontext())  # no meta backend
+    outputs = [torch.zeros(2, 3, *size, device="meta", requires_grad=True) for size in ([8, 8, 8], [4, 4, 4])]
+    target = torch.zeros(2, 1, 8, 8, 8, dtype=torch.long, device="meta")
+    loss = DeepSupervisionLoss(DiceFocalLoss("softmax"))(outputs, target)
+    loss.backward()
+    assert loss.shape == () and outputs[0].grad is not None
 
 
 def test_shape_and_value_errors():

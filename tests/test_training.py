@@ -6,13 +6,21 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
+import weakref
 
+import numpy as np
 import pytest
 import torch
+from monai.data import Dataset
+from monai.transforms import Compose, RandomizableTransform
 
+import volseg.data.loader as loader_module
+import volseg.training as training_module
 from volseg.checkpoint import capture_rng_state, load_checkpoint, model_from_checkpoint, restore_rng_state
 from volseg.cli import main
 from volseg.config import config_from_dict, dump_config
+from volseg.data.loader import resolve_num_workers, seed_for, training_loader
 from volseg.distributed import DistributedContext
 from volseg.errors import ConfigError, OutputExistsError, TrainingError
 from volseg.training import Trainer, resolve_precision, train
@@ -221,3 +229,148 @@ def test_compile_wraps_the_ddp_model(tmp_path, dataset, monkeypatch):
     trainer = Trainer(tiny_config(dataset, training={"compile": True}), tmp_path / "run", context=two_ranks)
     assert isinstance(trainer.model, torch._dynamo.eval_frame.OptimizedModule)
     assert isinstance(trainer.model._orig_mod, RecordingDDP) and trainer.model._orig_mod.module is trainer.network
+
+
+class Draw(RandomizableTransform):
+    """A stand-in augmentation: draws from its own generator and torch's and NumPy's global ones."""
+
+    def __call__(self, item):
+        return {"index": item["index"], "own": float(self.R.uniform()), "torch": float(torch.rand(())),
+                "numpy": float(np.random.rand()), "pid": os.getpid()}
+
+
+def run_epoch(loader, epoch):
+    """``(batches as lists of values, the pids that made them)`` of one epoch."""
+    loader.sampler.set_epoch(epoch)
+    batches = list(loader)
+    values = [[b[k].tolist() for k in ("index", "own", "torch", "numpy")] for b in batches]
+    return values, {pid for b in batches for pid in b["pid"].tolist()}
+
+
+def test_loader_workers_persist_and_patches_depend_on_seed_epoch_rank_only():
+    dataset = Dataset([{"index": i} for i in range(5)], Compose([Draw(prob=1.0)]))
+    options = dict(batch_size=2, steps=3, seed=7)
+    in_process = training_loader(dataset, num_workers=0, **options)
+    before = torch.get_rng_state()
+    epoch0, _ = run_epoch(in_process, 0)
+    assert torch.equal(torch.get_rng_state(), before)  # the training process's own stream is left alone
+    epoch1, _ = run_epoch(in_process, 1)
+    assert epoch0 != epoch1 and epoch0 != run_epoch(training_loader(dataset, num_workers=0, rank=1, **options), 0)[0]
+    workers = training_loader(dataset, num_workers=2, **options)
+    assert run_epoch(workers, 0)[0] == epoch0  # the same patches whichever process makes them
+    values, first = run_epoch(workers, 0)
+    second = run_epoch(workers, 1)
+    assert second[0] == epoch1 and second[1] == first and os.getpid() not in first  # the same two workers
+    resumed = training_loader(dataset, num_workers=2, **options)  # started at epoch 1, as after a resume
+    assert run_epoch(resumed, 1)[0] == epoch1
+
+
+def test_num_workers_auto_shares_the_cores_among_the_ranks(monkeypatch, dataset):
+    for cores, ranks, expected in [(2, 1, 1), (1, 1, 0), (16, 1, 12), (64, 8, 7), (8, 8, 0)]:
+        monkeypatch.setattr(loader_module, "available_cores", lambda: cores)
+        assert resolve_num_workers("auto", ranks) == expected
+    assert resolve_num_workers(3, 8) == 3
+    assert tiny_config(dataset, data={"num_workers": "auto"}).data.num_workers == "auto"
+    with pytest.raises(ConfigError, match=r"data.num_workers=-1 is not valid; allowed: an integer >= 0 or 'auto'"):
+        tiny_config(dataset, data={"num_workers": -1})
+    with pytest.raises(ConfigError, match="data.num_workers='many' is not valid"):
+        tiny_config(dataset, data={"num_workers": "many"})
+
+
+def test_a_run_builds_one_loader_frees_it_and_restores_the_determinism_flags(tmp_path, dataset, monkeypatch):
+    built, flags_inside = [], []
+    monkeypatch.setattr(training_module, "training_loader",
+                        lambda *a, **k: built.append(training_loader(*a, **k)) or built[-1])
+    config = tiny_config(dataset, data={"num_workers": 1}, training={"epochs": 2, "iterations_per_epoch": 2})
+    trainer = Trainer(config, tmp_path / "run")
+    step = trainer._step
+    trainer._step = lambda *a: flags_inside.append(torch.are_deterministic_algorithms_enabled()) or step(*a)
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        trainer.fit()
+        assert flags_inside == [True] * 4  # training.deterministic holds while it trains ...
+        assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark  # ... only
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+    assert len(built) == 1  # one loader (and one set of workers) for both epochs
+    loader = weakref.ref(built.pop())
+    assert loader() is None  # freed when fit returned: its workers have exited
+
+
+def test_memory_cache_under_ddp_logs_that_each_rank_holds_a_copy(tmp_path, dataset, monkeypatch, caplog):
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda module, **options: module)
+    two_ranks = DistributedContext(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
+    with caplog.at_level(logging.WARNING, logger="volseg.training"):
+        Trainer(tiny_config(dataset, data={"cache": "disk"}), tmp_path / "disk", context=two_ranks)
+        assert "data.cache" not in caplog.text
+        Trainer(tiny_config(dataset, data={"cache": "memory"}), tmp_path / "memory", context=two_ranks)
+    assert "copy of the preprocessed training cases in each of the 2 processes" in caplog.text
+    assert "data.cache=disk" in caplog.text
+
+
+# ----------------------------------------------------------------------------- CUDA only (pytest -m gpu)
+
+
+def cuda_config(root, **training):
+    return tiny_config(root, training={"device": "cuda", "epochs": 3, "iterations_per_epoch": 8, **training})
+
+
+@pytest.mark.gpu
+def test_fp16_with_the_gradient_scaler_trains_on_cuda(tmp_path, dataset):
+    trainer = Trainer(cuda_config(dataset, precision="fp16", deterministic=False), tmp_path / "run")
+    assert trainer.context.device.type == "cuda" and trainer.scaler is not None
+    history = trainer.fit().history
+    assert all(math.isfinite(row["train_loss"]) for row in history) and history[-1]["train_loss"] < history[0]["train_loss"]
+    assert 0 < trainer.scaler.get_scale() and trainer.optimizer.state  # the scaler stepped the optimiser
+
+
+@pytest.mark.gpu
+def test_bf16_autocast_trains_on_cuda_without_a_scaler(tmp_path, dataset):
+    trainer = Trainer(cuda_config(dataset, precision="bf16", deterministic=False), tmp_path / "run")
+    assert trainer.autocast_dtype is torch.bfloat16 and trainer.scaler is None
+    dtypes = []
+
+    def record(module, args, output):  # the training steps' outputs only (validation windows aside)
+        if module.training:
+            dtypes.append(output.dtype)
+
+    trainer.network.register_forward_hook(record)
+    history = trainer.fit().history
+    assert set(dtypes) == {torch.bfloat16}
+    assert all(math.isfinite(row["train_loss"]) for row in history)
+
+
+@pytest.mark.gpu
+def test_resume_on_cuda_restores_the_states_and_reseeds_the_gpu_generator(tmp_path, dataset):
+    config = cuda_config(dataset)
+    config.network.options["dropout"] = 0.2  # draws from the GPU's generator every step
+    straight = train(config, tmp_path / "straight")
+    straight_cuda = torch.cuda.get_rng_state()
+    train(config, tmp_path / "resumed", until_epoch=1)
+    torch.cuda.manual_seed(123)
+    resumed = train(config, tmp_path / "resumed", resume=True)  # CUDA RNG states in the checkpoint, read on the CPU
+    assert torch.equal(torch.cuda.get_rng_state(), straight_cuda)  # reseeded per epoch: the same dropout masks
+    torch.cuda.manual_seed(seed_for(config.training.seed, 2, 0))
+    assert not torch.equal(torch.cuda.get_rng_state(), straight_cuda)  # epoch 3 drew from its stream
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")["state_dict"]
+    for key in a:  # deterministic algorithms where CUDA has them: equal up to the few that warn instead
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)
+    assert [r["train_loss"] for r in resumed.history] == pytest.approx([r["train_loss"] for r in straight.history], rel=1e-3)
+
+
+def test_the_augmentation_benchmark_reports_ms_per_patch(tmp_path, dataset, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_augmentation.py"
+    spec = importlib.util.spec_from_file_location("bench_augmentation", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    config = tmp_path / "config.yaml"
+    dump_config(tiny_config(dataset, augmentation={"flip": {"prob": 1.0}, "affine": {"prob": 1.0}}), config)
+    bench.main(["--config", str(config), "--cases", "1", "--patches", "2", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "RandCropByPosNegLabeld" in out and "RandAffined" in out and "RandFlipd#3" in out
+    assert "ms per augmented patch" in out and "worker(s)" in out

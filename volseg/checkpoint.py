@@ -161,7 +161,8 @@ def inference_only(checkpoint: dict[str, Any], *, half: bool = False) -> dict[st
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """Python, NumPy, torch CPU and CUDA generator states as tensors and plain values."""
+    """Python, NumPy, torch CPU and CUDA generator states as tensors and plain values (the CUDA
+    states of every GPU this process sees; the trainer also reseeds its GPU's every epoch)."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
     python_version, python_state, python_gauss = random.getstate()
     state = {
@@ -195,4 +196,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((numpy["kind"], keys, numpy["pos"], numpy["has_gauss"], numpy["cached"]))
     torch.set_rng_state(_cpu_bytes(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([_cpu_bytes(s) for s in state["cuda"]])
+        # Only the GPUs this machine has: it may have fewer (or more) than the one that saved them.
+        for index, saved in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(_cpu_bytes(saved), index)

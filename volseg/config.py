@@ -50,9 +50,14 @@ class DataConfig:
         0.1, "training cases set aside to validate on and choose best.pt: a fraction, a count, or 0 (none; the "
         "held-out cases are never validated on)"
     )
-    cache: Literal["memory", "disk", "none"] = _field("memory", "where preprocessed cases are kept between epochs")
+    cache: Literal["memory", "disk", "none"] = _field(
+        "memory", "where preprocessed cases are kept between epochs (memory: a copy in every training process)"
+    )
     cache_dir: Union[str, None] = _field(None, "folder of the disk cache (default: the run folder)")
-    num_workers: int = _field(2, "data-loading worker processes")
+    num_workers: Union[int, Literal["auto"]] = _field(
+        "auto", "patch-making processes per training process, kept for the run (auto: its share of the cores "
+        "less 1, at most 12)"
+    )
 
 
 @dataclass
@@ -335,6 +340,8 @@ def check_config(config: Config) -> None:
     }
     if config.inference.sw_batch_size != "auto":
         positive["inference.sw_batch_size"] = config.inference.sw_batch_size
+    if config.data.num_workers != "auto" and config.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers={config.data.num_workers} is not valid; allowed: an integer >= 0 or 'auto'")
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}={value} is not valid; allowed: a positive number")

@@ -67,6 +67,11 @@ def init_distributed(device_preference: str = "auto") -> DistributedContext:
     return context
 
 
+def ranks_on_node(context: DistributedContext) -> int:
+    """The training processes on this machine (torchrun's ``LOCAL_WORLD_SIZE``; else all of them)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", context.world_size))
+
+
 def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
     """Sum ``tensor`` over all processes (a no-op in a single process)."""
     if context.enabled:

@@ -66,7 +66,8 @@ def one_hot_target(logits: torch.Tensor, target: torch.Tensor, activation: str) 
     """Check ``target`` against ``logits`` (N, C, *S) and return it as float32 (N, C, *S).
 
     softmax: indices (N, 1, *S) / (N, *S) become one-hot; (N, C, *S) is taken as one-hot or soft
-    labels. sigmoid: (N, C, *S) binary maps, or (N, *S) when C == 1. Raises ``ShapeError``.
+    labels. sigmoid: (N, C, *S) binary maps, or (N, *S) when C == 1. Raises ``ShapeError`` (for
+    indices out of range only on the CPU: see :func:`check_class_indices`).
     """
     if logits.ndim < 3:
         raise ShapeError(f"logits of shape {tuple(logits.shape)} are not valid; expected (N, C, *spatial)")
@@ -87,11 +88,23 @@ def one_hot_target(logits: torch.Tensor, target: torch.Tensor, activation: str) 
     elif tuple(target.shape) != (expected[0], 1, *expected[1:]):
         raise ShapeError(f"{shapes} do not match; expected class indices (N, 1, *S) or (N, *S), or one-hot (N, C, *S)")
     indices = target.round().long() if target.is_floating_point() else target.long()
+    if indices.device.type == "cpu":  # free here; on a GPU, reading the range back would stall every step
+        check_class_indices(indices, num_channels)
+    return torch.zeros_like(logits, dtype=torch.float32).scatter_(1, indices, 1.0)
+
+
+def check_class_indices(indices: torch.Tensor, num_channels: int) -> None:
+    """Raise ``ShapeError`` unless every class index in ``indices`` (any shape) is in ``0..num_channels-1``.
+
+    Reads the range back to the host: :func:`one_hot_target` calls it for CPU tensors only. On an
+    accelerator the check would cost a device-host sync per call (one per deep-supervision output
+    per step), so it is skipped there: check labels on the CPU before the transfer, as training does
+    (``MapLabelsd`` maps each case's label values to ``0..K-1`` once, when the case is preprocessed).
+    """
     low, high = (int(v) for v in torch.stack(torch.aminmax(indices)).tolist())
     if low < 0 or high >= num_channels:
-        raise ShapeError(f"target holds labels {low}..{high} but the logits {tuple(logits.shape)} have "
+        raise ShapeError(f"target holds labels {low}..{high} but the logits have "
                          f"{num_channels} channels (labels 0..{num_channels - 1})")
-    return torch.zeros_like(logits, dtype=torch.float32).scatter_(1, indices, 1.0)
 
 
 def focal_loss(

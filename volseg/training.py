@@ -6,17 +6,21 @@ mean validation Dice on the validation cases carved from the fold's training cas
 last epoch without them), ``metrics.csv``, ``curves.png`` and ``tensorboard/``. The fold's
 held-out cases are never seen here: only ``volseg evaluate-run`` predicts them.
 
-Data order and augmentation are a function of (seed, epoch, rank), and the RNG states,
-optimiser and gradient scaler are restored on resume, so in deterministic CPU mode an
-interrupted and resumed run ends with the same weights as an uninterrupted one.
+Data order and augmentation are a function of (seed, epoch, rank) (see volseg.data.loader),
+the GPU's generator is reseeded from them every epoch, and the CPU RNG states, optimiser and
+gradient scaler are restored on resume, so in deterministic CPU mode an interrupted and resumed
+run ends with the same weights as an uninterrupted one. The determinism / cudnn flags a run sets
+hold only while it trains (:func:`training_flags`).
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import logging
 import math
+import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,18 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import DataLoader
-from monai.utils import set_determinism
-from monai.data.utils import set_rnd
-from torch.utils.data import RandomSampler
 
 from volseg.allocator import keep_freed_memory
 from volseg.atomic import remove_stale_temporaries
 from volseg.checkpoint import build_checkpoint, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from volseg.config import Config, dump_config
+from volseg.config import Config, TrainingConfig, dump_config
 from volseg.data.datasets import find_cases
+from volseg.data.loader import resolve_num_workers, seed_for, training_loader
 from volseg.data.splits import carve_validation, load_folds, make_folds, save_folds, split_for_fold
 from volseg.data.transforms import items_from_cases, make_dataset, training_transforms, validation_transforms
-from volseg.distributed import DistributedContext, all_reduce_sum, barrier, init_distributed
+from volseg.distributed import DistributedContext, all_reduce_sum, barrier, init_distributed, ranks_on_node
 from volseg.errors import ConfigError, OutputExistsError, TrainingError
 from volseg.losses import DeepSupervisionLoss, loss_from_config
 from volseg.nn import SegmentationNetwork, create_model
@@ -112,16 +114,22 @@ def untrained_parameters(config: Config, in_channels: int, loss: torch.nn.Module
     return [name for name, parameter in network.named_parameters() if id(parameter) not in reached]
 
 
-def _seed_for(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
-
-
-def _seed_worker(worker_id: int, *, seed: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    worker_seed = _seed_for(seed, worker_id)
-    torch.manual_seed(worker_seed)
-    np.random.seed(worker_seed % 2**32)
-    set_rnd(info.dataset, worker_seed % 2**32)
+@contextlib.contextmanager
+def training_flags(training: TrainingConfig) -> Iterator[None]:
+    """Within: with ``training.deterministic``, deterministic algorithms (warning where an op has
+    none) and cudnn.deterministic; else cudnn.benchmark. The process's previous flags come back on
+    exit, so a later prediction or run in the same process is not slowed or changed by them."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        if training.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = not training.deterministic
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
 
 
 class Trainer:
@@ -151,17 +159,20 @@ class Trainer:
                 f"{self.run_dir} holds a run already; use --resume {self.run_dir} to continue it or --overwrite to start again"
             )
         seed = config.training.seed
-        if config.training.deterministic:
-            set_determinism(seed=seed)
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.manual_seed(seed)
+        random.seed(seed)
+        torch.manual_seed(seed)  # the same initial weights on every rank
         np.random.seed(seed % 2**32)
-        torch.backends.cudnn.benchmark = not config.training.deterministic
 
         train_items, self.val_items = self._split_cases()
+        self.num_workers = resolve_num_workers(config.data.num_workers, ranks_on_node(self.context))
+        if config.data.cache == "memory" and self.context.enabled and self.context.is_main:
+            logger.warning("data.cache=memory keeps a copy of the preprocessed training cases in each of the %d "
+                           "processes; where host memory is short, data.cache=disk keeps one copy on disk, read by "
+                           "all of them", self.context.world_size)
         self.train_dataset = make_dataset(
-            train_items, training_transforms(config), config.data.cache, self._cache_dir(), config.data.num_workers
+            train_items, training_transforms(config), config.data.cache, self._cache_dir(), self.num_workers
         )
+        self.train_loader: DataLoader | None = None  # built on first use, see _loader
         self.val_dataset = (
             make_dataset(self.val_items, validation_transforms(config), config.data.cache, self._cache_dir(), 1)
             if self.val_items
@@ -240,23 +251,17 @@ class Trainer:
         return items_from_cases(by_id[i] for i in training_ids), items_from_cases(by_id[i] for i in validation_ids)
 
     def _loader(self, epoch: int) -> DataLoader:
-        """This epoch's batches: the sample order and augmentation depend on (seed, epoch, rank) only."""
-        config, rank = self.config, self.context.rank
-        seed = _seed_for(config.training.seed, epoch, rank)
-        generator = torch.Generator().manual_seed(seed)
-        samples = config.training.iterations_per_epoch * config.sampling.batch_size
-        sampler = RandomSampler(self.train_dataset, replacement=True, num_samples=samples, generator=generator)
-        set_rnd(self.train_dataset, seed % 2**32)
-        workers = config.data.num_workers
-        return DataLoader(
-            self.train_dataset,
-            batch_size=config.sampling.batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            worker_init_fn=functools.partial(_seed_worker, seed=seed) if workers else None,
-            pin_memory=self.context.device.type == "cuda",
-            persistent_workers=False,
-        )
+        """The run's loader, set to ``epoch``: built on first use, its workers kept until :meth:`fit`
+        returns. The sample order and augmentation depend on (seed, epoch, rank) only."""
+        config = self.config
+        if self.train_loader is None:
+            self.train_loader = training_loader(
+                self.train_dataset, batch_size=config.sampling.batch_size, steps=config.training.iterations_per_epoch,
+                num_workers=self.num_workers, seed=config.training.seed, rank=self.context.rank,
+                pin_memory=self.context.device.type == "cuda",
+            )
+        self.train_loader.sampler.set_epoch(epoch)
+        return self.train_loader
 
     # ---------------------------------------------------------------- resume
     def _remove_stale_temporaries(self) -> None:
@@ -277,7 +282,7 @@ class Trainer:
         self.optimizer.load_state_dict(training["optimizer"])
         if self.scaler is not None and training.get("scaler"):
             self.scaler.load_state_dict(training["scaler"])
-        restore_rng_state(training["rng"])
+        restore_rng_state(training["rng"])  # rank 0's CPU states, the same on every rank; GPUs: see train_epoch
         self.start_epoch = training["epoch"] + 1
         self.best_metric, self.best_epoch = training.get("best_metric"), training.get("best_epoch")
         self.stale_validations = training.get("stale_validations", 0)
@@ -319,6 +324,9 @@ class Trainer:
         total_loss, skipped, waited, started = 0.0, 0, 0.0, time.perf_counter()
         if bar is not None:
             bar.set_description(f"epoch {epoch + 1}/{self.config.training.epochs}")
+        if device.type == "cuda":  # dropout & co.: this rank's own stream, the same after a resume
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed_for(self.config.training.seed, epoch, self.context.rank))
         batches = iter(self._loader(epoch))
         for step in range(steps):
             before = time.perf_counter()
@@ -409,8 +417,10 @@ class Trainer:
         steps = max(last - self.start_epoch, 0) * config.training.iterations_per_epoch
         bar = self.progress_bar(total=steps, unit="step", dynamic_ncols=True) if self.progress_bar else None
         try:
-            return self._fit_epochs(last, bar)
+            with training_flags(config.training):
+                return self._fit_epochs(last, bar)
         finally:
+            self.train_loader = None  # its worker processes exit
             if bar is not None:
                 bar.close()
 
