@@ -20,6 +20,7 @@ Written to the output folder (default ``RUN_DIR/evaluation``):
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -132,9 +133,11 @@ def evaluate_run(
     settings = _settings(runs, checkpoint, mirroring)
     _check_output(output_dir, settings, overwrite)
     predictions = output_dir / "predictions"
-    jobs = []
+    jobs, trained = [], {}
     for run in runs:
-        config = checkpoint_config(load_checkpoint(run / checkpoint))
+        stored = load_checkpoint(run / checkpoint)
+        config = checkpoint_config(stored)
+        trained[str(run)] = training_time(run, checkpoint_epoch(stored))
         dataset = find_cases(config.data.root, layout=config.data.layout)
         jobs += [(run, config, dataset.case(case_id)) for case_id in held_out_ids(run, config)]
     rows, started, predictors = [], time.perf_counter(), {}
@@ -156,12 +159,32 @@ def evaluate_run(
     result = {
         **settings,
         "runs": [str(run) for run in runs],
+        "trained": trained,
         "cases": len(rows),
         "seconds": round(time.perf_counter() - started, 1),
         "summary": summary,
     }
     write_text(output_dir / SUMMARY_FILE, json.dumps(result, indent=1) + "\n")
     return RunEvaluation(output_dir, rows, result)
+
+
+def checkpoint_epoch(checkpoint: dict[str, Any]) -> int | None:
+    """The epoch (1-based) a checkpoint was saved after, where it says."""
+    if "epoch" in checkpoint:
+        return int(checkpoint["epoch"])
+    training = checkpoint.get("training")
+    return int(training["epoch"]) + 1 if training else None
+
+
+def training_time(run_dir: Path, epoch: int | None) -> dict[str, Any]:
+    """``{"epoch", "hours"}``: the training time up to ``epoch`` from the run's metrics.csv
+    (the sum of ``epoch_seconds``; validation not counted); hours None where unknown."""
+    metrics = run_dir / "metrics.csv"
+    if epoch is None or not metrics.is_file():
+        return {"epoch": epoch, "hours": None}
+    with open(metrics, newline="") as stream:
+        seconds = [float(row["epoch_seconds"]) for row in csv.DictReader(stream) if int(row["epoch"]) <= epoch]
+    return {"epoch": epoch, "hours": round(sum(seconds) / 3600, 3)}
 
 
 def _named(metrics: dict[str, dict[str, float]], config: Config) -> dict[str, dict[str, float]]:
