@@ -27,10 +27,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 def read_point(folder: Path) -> tuple[float, dict[str, dict[str, float]]]:
     """(training hours, {structure: dice statistics}) of one evaluation folder."""
     summary = json.loads((folder / "summary.json").read_text())
-    hours = [entry["hours"] for entry in summary["trained"].values()]
-    if any(h is None for h in hours):
+    seconds = [entry["seconds"] for entry in summary["trained"].values()]
+    if any(s is None for s in seconds):
         raise SystemExit(f"{folder}: the evaluated checkpoint does not say its epoch; evaluate last.pt or a newer run")
-    return sum(hours), {name: metrics["dice"] for name, metrics in summary["summary"].items()}
+    return sum(seconds) / 3600, {name: metrics["dice"] for name, metrics in summary["summary"].items()}
 
 
 def main() -> None:

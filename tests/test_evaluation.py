@@ -124,6 +124,8 @@ def test_evaluate_run_scores_each_held_out_case_once(tmp_path, dataset):
     assert cases == held_out == sorted(c.name.split(".")[0] for c in (dataset / "labelsTr").iterdir())
     summary = json.loads((result.output_dir / "summary.json").read_text())
     assert summary["cases"] == 6 and set(summary["summary"]) == {"outer", "inner"}
+    assert [entry["epoch"] for entry in summary["trained"].values()] == [1, 1]
+    assert all(0 < entry["seconds"] < 300 for entry in summary["trained"].values())
     dice = summary["summary"]["outer"]["dice"]
     assert dice["ci95_low"] <= dice["mean"] <= dice["ci95_high"]
     assert sorted(p.name for p in (result.output_dir / "predictions").iterdir()) == [f"{c}.nii.gz" for c in cases]

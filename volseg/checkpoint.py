@@ -62,8 +62,10 @@ def build_checkpoint(
     *,
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    epoch: int | None = None,
 ) -> dict[str, Any]:
-    """Assemble a checkpoint dict for ``model`` trained with ``config``."""
+    """Assemble a checkpoint dict for ``model`` trained with ``config`` (``epoch``: the
+    1-based epoch it was saved after, for a run's checkpoints)."""
     network = unwrap_model(model)
     if not isinstance(network, SegmentationNetwork) or not network.config:
         raise CheckpointError("only networks built with volseg.nn.create_model can be checkpointed")
@@ -77,6 +79,8 @@ def build_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
         "metrics": metrics or {},
     }
+    if epoch is not None:
+        checkpoint["epoch"] = epoch
     if training is not None:
         checkpoint["training"] = training
     return checkpoint

@@ -177,14 +177,14 @@ def checkpoint_epoch(checkpoint: dict[str, Any]) -> int | None:
 
 
 def training_time(run_dir: Path, epoch: int | None) -> dict[str, Any]:
-    """``{"epoch", "hours"}``: the training time up to ``epoch`` from the run's metrics.csv
-    (the sum of ``epoch_seconds``; validation not counted); hours None where unknown."""
+    """``{"epoch", "seconds"}``: the training time up to ``epoch`` from the run's metrics.csv
+    (the sum of ``epoch_seconds``; validation not counted); seconds None where unknown."""
     metrics = run_dir / "metrics.csv"
     if epoch is None or not metrics.is_file():
-        return {"epoch": epoch, "hours": None}
+        return {"epoch": epoch, "seconds": None}
     with open(metrics, newline="") as stream:
         seconds = [float(row["epoch_seconds"]) for row in csv.DictReader(stream) if int(row["epoch"]) <= epoch]
-    return {"epoch": epoch, "hours": round(sum(seconds) / 3600, 3)}
+    return {"epoch": epoch, "seconds": round(sum(seconds), 1)}
 
 
 def _named(metrics: dict[str, dict[str, float]], config: Config) -> dict[str, dict[str, float]]:

@@ -304,7 +304,7 @@ class Trainer:
             "stale_validations": self.stale_validations,
             "history": self.log.history if self.log else [],
         }
-        checkpoint = build_checkpoint(self.model, self.config, metrics=metrics, training=training)
+        checkpoint = build_checkpoint(self.model, self.config, metrics=metrics, training=training, epoch=epoch + 1)
         # best.pt first: a kill between the two writes leaves last.pt one epoch behind, and the
         # resumed run redoes that epoch and writes best.pt again. The other order would leave a
         # last.pt that names this epoch as the best while best.pt holds an older one, for good.
