@@ -8,7 +8,7 @@ TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.volseg-installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test demo bench-env clean
+.PHONY: install test demo bench-env gpu-wheels gpu-check clean
 
 install: $(STAMP)
 
@@ -47,6 +47,27 @@ $(BENCH_STAMP): pyproject.toml scripts/bench-constraints.txt
 	$(BENCH_BIN)/python -m pip install --quiet -c scripts/bench-constraints.txt -e . nnunetv2
 	$(BENCH_BIN)/python -m pip uninstall --quiet -y torchvision
 	touch $(BENCH_STAMP)
+
+# Wheels for a GPU machine without network, where scripts/gpu_check.sh installs them with
+# `pip install --no-index --find-links`: what volseg needs beyond a PyTorch GPU image. Assumed there:
+# a CUDA build of torch (never downloaded here: it comes with the machine or from its own index),
+# numpy, scipy, pyyaml, tqdm, matplotlib, tensorboard and pytest. Same versions as $(VENV), for
+# GPU_PYTHON (the GPU machine's Python) on x86-64 Linux.
+GPU_WHEELS   ?= .gpu-wheels
+GPU_PYTHON   ?= 3.12
+GPU_PACKAGES := '^(monai|nibabel|simpleitk)=='
+GPU_PLATFORM := $(foreach p,manylinux_2_28 manylinux_2_17 manylinux2014,--platform $(p)_x86_64)
+
+gpu-wheels: $(STAMP)
+	mkdir -p $(GPU_WHEELS)
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --implementation cp \
+		--python-version $(GPU_PYTHON) $(GPU_PLATFORM) --dest $(GPU_WHEELS) \
+		$$($(BIN)/python -m pip freeze | grep -iE $(GPU_PACKAGES))
+	@ls $(GPU_WHEELS)
+
+# On a CUDA machine, after `make gpu-wheels` here and copying the checkout there (see docs/performance.md).
+gpu-check:
+	bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info .pytest_cache $(DEMO_OUT)

@@ -295,3 +295,42 @@ def test_nonzero_mask_from_the_cli(tmp_path, monkeypatch):
         assert (labels[ball != 0] == 1).all() and (labels[ball == 0] == 0).all() == expected
     with pytest.raises(ConfigError, match="background"):
         Predictor(ThresholdNet(), config_for(data={"labels": {1: "a", 2: "b"}}), mask_nonzero=True)
+
+
+@pytest.mark.parametrize("bf16,expected", [(True, "bf16"), (False, "fp16")])
+def test_auto_precision_is_bf16_only_on_a_gpu_that_supports_it(monkeypatch, bf16, expected):
+    from volseg.predictor import default_autocast
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    assert default_autocast(torch.device("cuda")) == expected
+    assert default_autocast(torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("setting", [True, False, None])
+def test_cudnn_benchmark_is_set_for_the_windows_only_and_restored(tmp_path, setting):
+    write_case(tmp_path / "in.nii.gz", AFFINES["RAS"])
+    network, seen = ThresholdNet(), []
+    network.register_forward_hook(lambda *args: seen.append(torch.backends.cudnn.benchmark))
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = True if setting is False else False  # the caller's value, to be kept
+        caller = torch.backends.cudnn.benchmark
+        predictor = Predictor(network, config_for(), cudnn_benchmark=setting)
+        predictor.predict_volumes([read_volume(tmp_path / "in.nii.gz")])
+        assert seen and set(seen) == {caller if setting is None else setting}
+        assert torch.backends.cudnn.benchmark == caller
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def test_cli_predict_asks_for_cudnn_benchmark(tmp_path, monkeypatch):
+    write_case(tmp_path / "in.nii.gz", AFFINES["RAS"])
+    options = {}
+
+    def recording(cls, path, **kwargs):
+        options.update(kwargs)
+        return Predictor(ThresholdNet(), config_for(), **kwargs)
+
+    monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(recording))
+    assert main(["predict", "-m", "x.pt", "-i", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "o.nii.gz"), "--quiet"]) == 0
+    assert options["cudnn_benchmark"] is True

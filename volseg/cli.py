@@ -186,6 +186,7 @@ def predict_command(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(
         args.model, device=args.device, overlap=args.overlap, sw_batch_size=args.batch, tta=args.tta,
         mask_nonzero=args.mask_nonzero, progress=window_progress,
+        cudnn_benchmark=True,  # a command's own process: cuDNN may time its algorithms for the window shape
     )
     cases = tqdm(desc="cases", unit="case", disable=_bars_off(args), file=sys.stderr, delay=1.0)
 

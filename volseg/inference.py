@@ -2,8 +2,9 @@
 
 Windows are spread evenly over the (padded) volume, batched, run under
 ``torch.inference_mode`` (optionally autocast), weighted by a Gaussian importance map
-computed once, and accumulated on ``output_device``, so the stitched logits can live in
-host memory while windows run on the GPU. The first call tunes glibc malloc to keep freed
+computed once, and accumulated on ``output_device``: the GPU itself when the stitched logits are
+small beside its memory (``"auto"``), else host memory, where each batch's copy is queued without
+waiting and added while the GPU runs the next batch. The first call tunes glibc malloc to keep freed
 buffers (see :mod:`volseg.allocator`). Networks whose output is smaller than their
 input (the paper's valid-convolution U-Net) are tiled by output: each window carries its
 context, mirrored at the volume's border (the U-Net paper's overlap-tile strategy).
@@ -27,7 +28,8 @@ from torch import nn
 from volseg.allocator import keep_freed_memory
 from volseg.errors import ConfigError, ShapeError, choice_error
 from volseg.fast_layers import with_fast_layers
-from volseg.window_batch import ActivationMeter, window_batch_size
+from volseg.window_batch import (ActivationMeter, accumulation_device, free_memory, total_memory, window_batch_size,
+                                 window_bytes)
 
 BLEND_MODES = ("gaussian", "constant")
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -109,14 +111,16 @@ def sliding_window_inference(
         roi_size: the window, one size per spatial axis of the network.
         overlap: fraction of a window shared with its neighbour, 0 <= overlap < 1.
         blend: ``"gaussian"`` (weights fall off from the window centre) or ``"constant"``.
-        sw_batch_size: windows per network call, or ``"auto"``: the first window runs alone
-            and measures its activation memory, the rest go in batches sized to the free
-            memory (see :mod:`volseg.window_batch`).
+        sw_batch_size: windows per network call, or ``"auto"``: single windows first (on CUDA
+            a warm-up, then one measured with the accumulation buffer in place), the rest in
+            batches sized to the free memory (see :mod:`volseg.window_batch`).
         tta_flips: spatial axes (0-based) mirrored for test-time augmentation; every
             combination is run and the logits averaged.
         device: where the network runs (default: the network's parameters' device).
         output_device: where the stitched logits are accumulated (default: ``image``'s
-            device); use ``"cpu"`` to keep a large multi-class result off the GPU.
+            device); ``"cpu"`` keeps a large multi-class result off the GPU; ``"auto"``: on
+            ``device`` when they take at most 1/8 of its memory and half of what is free, else
+            the host (:func:`volseg.window_batch.accumulation_device`).
         autocast: ``None``, ``"fp16"`` or ``"bf16"`` mixed precision for the network.
         fast_layers: on the CPU in float32, run the network's slow layers (transposed
             convolutions with few outputs, instance norm) as faster equivalents, on a copy
@@ -139,7 +143,9 @@ def sliding_window_inference(
     device = torch.device(device)
     if fast_layers and device.type == "cpu" and autocast is None:
         network = with_fast_layers(network)
-    output_device = torch.device(output_device) if output_device is not None else image.device
+    if output_device is None:
+        output_device = image.device
+    output_device = None if output_device == "auto" else torch.device(output_device)  # None: decided below
     tile = _output_size(network, roi)
     context_low = tuple((r - t) // 2 for r, t in zip(roi, tile))
     context_high = tuple(r - t - c for r, t, c in zip(roi, tile, context_low))
@@ -154,36 +160,65 @@ def sliding_window_inference(
 
     starts = [window_starts(g, t, overlap) for g, t in zip(grid, tile)]
     positions = list(itertools.product(*starts))
-    weights = importance_map(tile, blend, output_device)
     num_cases, flips = image.shape[0], flip_combinations(tta_flips)
-    logits: torch.Tensor | None = None
-    coverage = torch.zeros((1, 1, *grid), device=output_device, dtype=torch.float32)
+    logits = coverage = weights = None
     jobs = [(case, position) for case in range(num_cases) for position in positions]
     total, done = len(jobs), 0
+    auto = sw_batch_size == "auto" and total > 1
     size = 1 if sw_batch_size == "auto" else sw_batch_size
-    meter = ActivationMeter(network, device) if sw_batch_size == "auto" and total > 1 else None
+    # auto: a warm-up call on CUDA (cuDNN autotuning, first allocations), then one measured call
+    stage = ("warm-up" if device.type == "cuda" and total > 2 else "measure") if auto else "sized"
+    pending: list[tuple[torch.Tensor, list, torch.cuda.Event]] = []  # a batch's copy on its way to the host
+
+    def add(prediction: torch.Tensor, batch: list, copied: torch.cuda.Event | None = None) -> None:
+        """Weight the batch's logits (B, K, *tile) and add them to ``logits``, once they have arrived."""
+        if copied is not None:
+            copied.synchronize()
+        for index, (case, position) in enumerate(batch):
+            region = _window(position, tile)
+            logits[(case, slice(None), *region)].addcmul_(prediction[index], weights)
+            if case == 0:
+                coverage[(0, 0, *region)].add_(weights)
+
     with torch.inference_mode(), _autocast_context(device, autocast):
         while done < total:
             batch = jobs[done : done + size]
             windows = torch.cat(
                 [padded[(slice(case, case + 1), slice(None), *_window(position, roi))] for case, position in batch]
             ).to(device, non_blocking=True)
+            meter = ActivationMeter(network, device) if stage == "measure" else None
             with meter or contextlib.nullcontext():
                 prediction = _predict_with_flips(network, windows, flips)
-            if meter is not None:  # the first window, alone, measured what one costs: size the rest
-                size, meter = window_batch_size(meter.per_call, device, windows=total - 1), None
-            prediction = prediction.to(device=output_device, dtype=torch.float32)
-            if logits is None:
+            if logits is None:  # allocated before the batch is sized, so the free memory counts it
+                needed = 4 * (num_cases * prediction.shape[1] + 1) * math.prod(grid)  # logits and coverage
+                if output_device is None:
+                    output_device = accumulation_device(needed, device, free_bytes=free_memory(device),
+                                                        total_bytes=total_memory(device))
+                weights = importance_map(tile, blend, output_device)
                 with torch.inference_mode(False):  # a normal tensor: callers may modify the result in place
-                    logits = torch.zeros((num_cases, prediction.shape[1], *grid), device=output_device, dtype=torch.float32)
-            for index, (case, position) in enumerate(batch):
-                region = _window(position, tile)
-                logits[(case, slice(None), *region)].addcmul_(prediction[index], weights)
-                if case == 0:
-                    coverage[(0, 0, *region)].add_(weights)
+                    buffer = dict(device=output_device, dtype=torch.float32)
+                    logits = torch.zeros((num_cases, prediction.shape[1], *grid), **buffer)
+                    coverage = torch.zeros((1, 1, *grid), **buffer)
+            for waiting in pending:  # the previous batch's copy: added while the GPU runs this one
+                add(*waiting)
+            pending = []
+            if prediction.device.type == "cuda" and logits.device.type == "cpu":  # added after the next batch is queued
+                pending = [(prediction.to(logits.device, non_blocking=True), batch, torch.cuda.Event())]
+                pending[0][2].record()
+            else:
+                add(prediction.to(logits.device), batch)
             done += len(batch)
+            if stage == "measure":  # one window, alone, measured what a window costs: size the rest
+                cost = window_bytes(meter.per_call, input_elements=windows[0].numel(),
+                                    output_elements=prediction[0].numel(), flips=len(flips))
+                to_host = prediction[0].numel() if logits.device != prediction.device else 0
+                size = window_batch_size(cost, device, windows=total - done, largest_elements=meter.largest_per_window,
+                                         copied_elements=to_host)
+            stage = "measure" if stage == "warm-up" else "sized"
             if progress is not None:
                 progress(done, total)
+        for waiting in pending:
+            add(*waiting)
     assert logits is not None
     logits /= coverage
     crop = tuple(slice(e, e + s) for e, s in zip(extra_low, shape))

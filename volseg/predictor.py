@@ -3,16 +3,19 @@
 ``Predictor.from_checkpoint(path_or_bundled_name)`` rebuilds the network and its
 preprocessing from the checkpoint alone. Every output lies on its input's grid (same
 shape and affine): predictions made on the reoriented, resampled and cropped grid are
-brought back by MONAI's inverses of exactly those operations.
+brought back by MONAI's inverses of exactly those operations. On a GPU the logits stay there when
+they fit (else in host memory) and softmax/sigmoid, resampling and argmax run there too, a chunk of
+classes at a time (:mod:`volseg.class_maps`); only the labels, and the probabilities or
+uncertainty when asked for, come back to the host.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +25,17 @@ import numpy as np
 import torch
 
 from volseg.bundled import resolve_model
+from volseg.class_maps import RunningDecision, class_chunk, entropy_terms, normalised_entropy, probability_chunks
 from volseg.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
 from volseg.config import Config
 from volseg.data.labels import class_indices_to_labels, regions_to_labels
 from volseg.data.transforms import inference_transforms, invert_to_input
 from volseg.distributed import resolve_device
-from volseg.errors import ConfigError, ShapeError
+from volseg.errors import ConfigError, ShapeError, choice_error
 from volseg.inference import check_sw_batch_size, flip_combinations, sliding_window_inference
 from volseg.io import Volume, read_volume
 from volseg.nn import SegmentationNetwork
+from volseg.window_batch import free_memory
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +69,11 @@ class Predictor:
         overlap, sw_batch_size, blend: override the checkpoint's inference defaults.
         tta: mirror over every spatial axis (default: on with CUDA, off on CPU where it
             multiplies the time).
-        autocast: ``"fp16"``/``"bf16"`` on CUDA (default bf16 on CUDA, none on CPU).
+        autocast: ``"fp16"``/``"bf16"`` mixed precision, or ``None``; ``"auto"``: bf16 on a GPU that
+            supports it, else fp16; none on the CPU (:func:`default_autocast`).
+        cudnn_benchmark: let cuDNN time its convolution algorithms for each window shape while
+            this predictor runs (faster after the first batch on CUDA); the flag is restored after
+            each case. ``None`` leaves ``torch.backends.cudnn.benchmark`` as it is.
         mask_nonzero: background wherever every input channel is 0 (default: the checkpoint's
             ``inference.mask_nonzero``; off for checkpoints that predate it).
         progress: ``progress(done_windows, total_windows)`` for each case.
@@ -81,6 +90,7 @@ class Predictor:
         blend: str | None = None,
         tta: bool | None = None,
         autocast: str | None = "auto",
+        cudnn_benchmark: bool | None = None,
         mask_nonzero: bool | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
@@ -97,9 +107,10 @@ class Predictor:
         self.blend = blend or inference.blend
         tta = self.device.type == "cuda" if tta is None else tta
         self.tta_flips = (list(inference.tta_flips) or list(range(self.network.spatial_dims))) if tta else []
-        if autocast == "auto":
-            autocast = "bf16" if self.device.type == "cuda" else None
-        self.autocast = autocast
+        self.autocast = default_autocast(self.device) if autocast == "auto" else autocast
+        if self.autocast not in (None, "fp16", "bf16"):
+            raise choice_error("autocast", self.autocast, ("auto", "fp16", "bf16"))
+        self.cudnn_benchmark = cudnn_benchmark
         self.progress = progress
         self.regions = dict(config.data.regions) if config.data.regions else None
         self.labels = dict(config.data.labels)
@@ -168,16 +179,13 @@ class Predictor:
                 f"case {case_id}: the model takes {self.network.in_channels} channels{expected}; "
                 f"the input has {image.shape[0]}"
             )
-        mean, variance = self._probabilities(image.as_tensor()[None].float(), uncertainty == "tta-variance")
-        labels = self._labels_on_input_grid(mean, data)
-        result = Prediction(case_id, labels, channels[0])
-        if probabilities or uncertainty == "entropy":
-            on_input = invert_to_input(mean, data, mode="bilinear").as_tensor()
-            if probabilities:
-                result.probabilities = np.ascontiguousarray(on_input.movedim(0, -1).numpy(), dtype=np.float32)
-            if uncertainty == "entropy":
-                result.uncertainty = _entropy(on_input, self.regions is not None)
-        if uncertainty == "tta-variance":
+        with self._cudnn_flags():
+            scores, variance = self._scores(image.as_tensor()[None].float(), uncertainty == "tta-variance")
+        labels, probs, entropy = self._outputs_on_input_grid(
+            scores, data, activated=variance is not None, probabilities=probabilities, entropy=uncertainty == "entropy"
+        )
+        result = Prediction(case_id, labels, channels[0], probabilities=probs, uncertainty=entropy)
+        if variance is not None:
             on_input = invert_to_input(variance, data, mode="bilinear").as_tensor()
             result.uncertainty = on_input.mean(dim=0).numpy().astype(np.float32)
         if self.mask_nonzero:
@@ -198,19 +206,35 @@ class Predictor:
         if result.uncertainty is not None:
             result.uncertainty[outside] = 0.0
 
-    def _probabilities(self, image: torch.Tensor, with_variance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Mean class/region probabilities (K, *S) on the preprocessed grid, and their variance over
-        the mirrored copies when asked for (each mirrored copy then runs separately)."""
+    @contextlib.contextmanager
+    def _cudnn_flags(self) -> Iterator[None]:
+        """``torch.backends.cudnn.benchmark`` set to :attr:`cudnn_benchmark` inside (unless ``None``),
+        restored after."""
+        before = torch.backends.cudnn.benchmark
+        if self.cudnn_benchmark is not None:
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = before
+
+    def _scores(self, image: torch.Tensor, with_variance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (K, *S) on the preprocessed grid of ``image`` (1, C, *S), on the device when they fit
+        there, else on the host; with ``with_variance`` the mean class/region probabilities over the
+        mirrored copies and their variance instead (each copy runs separately; on the host)."""
         options = dict(overlap=self.overlap, blend=self.blend, sw_batch_size=self.sw_batch_size, device=self.device,
-                       output_device="cpu", autocast=self.autocast, progress=self.progress)
+                       autocast=self.autocast, progress=self.progress)
+        image = image.to(self.device)
         if not with_variance:
-            logits = sliding_window_inference(self.network, image, self.roi_size, tta_flips=self.tta_flips, **options)
-            return self._activate(logits[0]), None
+            logits = sliding_window_inference(self.network, image, self.roi_size, tta_flips=self.tta_flips,
+                                              output_device="auto", **options)
+            return logits[0], None
         flips = flip_combinations(self.tta_flips or range(self.network.spatial_dims))
         total = squares = None
         for flip in flips:
             dims = [axis + 2 for axis in flip]
-            logits = sliding_window_inference(self.network, image.flip(dims) if dims else image, self.roi_size, **options)
+            logits = sliding_window_inference(self.network, image.flip(dims) if dims else image, self.roi_size,
+                                              output_device="cpu", **options)
             probs = self._activate((logits.flip(dims) if dims else logits)[0])
             total = probs if total is None else total + probs
             squares = probs.square() if squares is None else squares + probs.square()
@@ -220,21 +244,55 @@ class Predictor:
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.regions is not None else torch.softmax(logits, dim=0)
 
-    def _labels_on_input_grid(self, probabilities: torch.Tensor, data: dict[str, Any]) -> np.ndarray:
-        """Decide on the preprocessed grid when it is the input's up to orientation and crop
-        (exact, cheap); otherwise resample the probabilities linearly first (smoother borders)."""
+    def _outputs_on_input_grid(
+        self, scores: torch.Tensor, data: dict[str, Any], *, activated: bool, probabilities: bool, entropy: bool
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Labels (*S_in), probabilities (*S_in, K) and normalised entropy (*S_in) (``None`` unless asked
+        for) from ``scores`` (K, *S) on the preprocessed grid: logits, or probabilities when ``activated``.
+
+        The labels are decided on the preprocessed grid when it is the input's up to orientation and
+        crop (exact, cheap), otherwise after resampling the probabilities linearly (smoother borders).
+        Runs on the predictor's device a chunk of classes at a time (:mod:`volseg.class_maps`); on the
+        host when not even one class fits on the GPU.
+        """
         resampled = self.config.preprocessing.spacing is not None
-        if resampled:
-            probabilities = invert_to_input(probabilities, data, mode="bilinear").as_tensor()
-        if self.regions is not None:
-            masks = (probabilities > 0.5).to(torch.uint8)
-            if not resampled:
-                masks = invert_to_input(masks, data, mode="nearest").as_tensor()
-            return regions_to_labels(masks.numpy(), self.regions)
-        indices = probabilities.argmax(dim=0).to(torch.uint8 if probabilities.shape[0] < 256 else torch.int32)
+        regions = self.regions is not None
+        count, device = scores.shape[0], self.device
+        to_input = resampled or probabilities or entropy  # class maps resampled to the input grid
+        voxels = scores[0].numel() + (int(np.prod(data["image"].meta["spatial_shape"])) if to_input else 0)
+        chunk = class_chunk(count, voxels, free_memory(device))
+        if chunk == 0 and device.type != "cpu":
+            device, chunk = torch.device("cpu"), class_chunk(count, voxels, free_memory(torch.device("cpu")))
+        decision, probs, entropy_sum = RunningDecision(regions, count), None, None
+        for classes, maps in probability_chunks(scores, regions=regions, device=device, chunk=max(chunk, 1),
+                                                activated=activated):
+            on_input = invert_to_input(maps, data, mode="bilinear").as_tensor() if to_input else None
+            decision.add(classes.start, on_input if resampled else maps)
+            if probabilities:
+                if probs is None:
+                    probs = np.empty((*on_input.shape[1:], count), dtype=np.float32)
+                probs[..., classes] = on_input.movedim(0, -1).cpu().numpy()
+            if entropy:
+                terms = entropy_terms(on_input, regions)
+                entropy_sum = terms if entropy_sum is None else entropy_sum.add_(terms)
+        decided = decision.result()
         if not resampled:
-            indices = invert_to_input(indices, data, mode="nearest").as_tensor()
-        return class_indices_to_labels(indices.numpy(), sorted(self.labels))
+            decided = invert_to_input(decided, data, mode="nearest").as_tensor()
+        decided = decided.cpu().numpy()
+        if regions:
+            labels = regions_to_labels(decided, self.regions)
+        else:
+            labels = class_indices_to_labels(decided, sorted(self.labels))
+        if entropy_sum is not None:
+            entropy_sum = normalised_entropy(entropy_sum, count, regions).cpu().numpy().astype(np.float32)
+        return labels, probs, entropy_sum
+
+
+def default_autocast(device: torch.device) -> str | None:
+    """Mixed precision for ``auto``: bf16 on a GPU that supports it, fp16 on one that does not, none on the CPU."""
+    if device.type != "cuda":
+        return None
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def nonzero_mask(channels: Sequence[Volume]) -> np.ndarray:
@@ -246,17 +304,6 @@ def nonzero_mask(channels: Sequence[Volume]) -> np.ndarray:
             found = found.any(axis=-1)
         inside = found if inside is None else inside | found
     return inside
-
-
-def _entropy(probabilities: torch.Tensor, regions: bool) -> np.ndarray:
-    """Voxel-wise predictive entropy (*S), normalised to [0, 1]: over the classes (softmax) or
-    averaged over the binary regions (sigmoid)."""
-    p = probabilities.clamp(1e-7, 1 - 1e-7)
-    if regions:
-        entropy = -(p * p.log() + (1 - p) * (1 - p).log()).mean(dim=0) / math.log(2)
-    else:
-        entropy = -(p * p.log()).sum(dim=0) / math.log(max(p.shape[0], 2))
-    return entropy.numpy().astype(np.float32)
 
 
 def read_case(images: Sequence[str | Path]) -> list[Volume]:
