@@ -551,3 +551,18 @@ def test_real_brain_mri_tiny(tmp_path, name, code, dtype):
     back = read_volume(out)
     assert same_grid(back, image, atol=1e-6)
     np.testing.assert_array_equal(back.array, label.array)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_rgb_nifti_with_scaling_reads_unscaled_as_three_channels(tmp_path, suffix):
+    rgb = np.zeros((4, 5, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["R"], rgb["G"], rgb["B"] = 10, 20, 30
+    plain = tmp_path / "plain.nii"
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), plain)
+    raw = bytearray(plain.read_bytes())
+    raw[112:120] = np.array([2.0, 1.0], "<f4").tobytes()  # scl_slope, scl_inter: nifti1.h says not for RGB
+    path = tmp_path / f"rgb{suffix}"
+    path.write_bytes(gzip.compress(bytes(raw)) if suffix.endswith(".gz") else bytes(raw))
+    volume = vio.read_volume(path)
+    assert volume.array.shape == (4, 5, 3, 3)
+    assert volume.array[0, 0, 0].tolist() == [10, 20, 30]

@@ -174,12 +174,12 @@ def _from_sitk(image: sitk.Image, path: Path) -> Volume:
     return Volume(arr, affine, path, None, spatial_dims=min(dim, 3))
 
 
-def _read_gz_checked(path: Path, proxy: Any) -> np.ndarray:
+def _read_gz_checked(path: Path, proxy: Any, *, scaled: bool = True) -> np.ndarray:
     """Data of a .nii.gz read through Python's gzip reader to the end, so that the gzip CRC
     is checked (nibabel reads only the bytes it needs and misses silent corruption).
     ``proxy``: the ``dataobj`` of the image :func:`nibabel.load` read (its header is not
-    parsed again, so nibabel's header checks run once)."""
-    spec = (proxy.shape, proxy.dtype, proxy.offset, proxy.slope, proxy.inter)
+    parsed again, so nibabel's header checks run once). ``scaled=False`` ignores scl_slope/inter."""
+    spec = (proxy.shape, proxy.dtype, proxy.offset, *((proxy.slope, proxy.inter) if scaled else (1.0, 0.0)))
     with gzip.open(path, "rb") as f:
         arr = np.asanyarray(nib.arrayproxy.ArrayProxy(f, spec, mmap=False))
         while f.read(1 << 24):  # any trailing bytes; the CRC check happens at the end
@@ -230,12 +230,18 @@ def _read_nifti(path: Path, max_bytes: int, fixes: list[str]) -> Volume:
     fixes += dict.fromkeys(messages)
     if hdr_dtype.kind == "c" or (hdr_dtype.fields and len({f[0] for f in hdr_dtype.fields.values()}) != 1):
         raise _fail(path, f"has {hdr_dtype} voxels; volseg reads integer or float data (RGB as 3 channels)")
+    if scaled and hdr_dtype.fields:  # nifti1.h: scl_slope/scl_inter do not apply to RGB data
+        fixes.append("scl_slope/scl_inter ignored: NIfTI does not scale RGB voxels")
+        scaled = False
     # nibabel applies scl_slope/scl_inter when set, giving float64 data.
     shape = _check_shape(path, shape, 8 if scaled else hdr_dtype.itemsize, max_bytes)
     _check_affine(path, img.affine)
     try:
         gz = path.name.lower().endswith(".gz")
-        arr = _read_gz_checked(path, img.dataobj) if gz else np.asanyarray(img.dataobj)
+        if gz:
+            arr = _read_gz_checked(path, img.dataobj, scaled=scaled)
+        else:
+            arr = np.asanyarray(img.dataobj if scaled else img.dataobj.get_unscaled())
     except _NIFTI_ERRORS as err:
         raise _fail(path, f"truncated or corrupt image data ({err})") from err
     arr = np.asarray(arr).reshape(shape, order="A")
