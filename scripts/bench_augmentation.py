@@ -30,6 +30,7 @@ from monai.transforms import RandomizableTrait, Transform
 from volseg.config import load_config
 from volseg.data.datasets import find_cases
 from volseg.data.transforms import items_from_cases, training_transforms
+from volseg import runtime
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if min(args.cases, args.patches, args.repeats, args.threads) < 1:
         sys.exit("bench_augmentation: --cases, --patches, --repeats and --threads must be >= 1")
-    torch.set_num_threads(args.threads)
+    runtime.apply(runtime.Runtime(threads=args.threads))  # as the CLI: allocator tuning, threads
     config = load_config(args.config, args.set)
     cases = [case for case in find_cases(config.data.root, layout=config.data.layout).cases if case.label is not None]
     if not cases:

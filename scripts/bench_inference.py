@@ -76,7 +76,10 @@ def make_runner(method: str, batch: int | str, network, roi, overlap, out_channe
     if method.startswith("volseg"):
         if method == "volseg-plain-malloc":
             os.environ["VOLSEG_MALLOC_TUNING"] = "0"
+        from volseg import runtime
         from volseg.inference import sliding_window_inference
+
+        runtime.apply()  # what volseg's CLI applies before predicting (the other methods run without it)
 
         def run(image: torch.Tensor) -> torch.Tensor:
             return sliding_window_inference(network, image, roi, overlap=overlap, sw_batch_size=batch, blend="gaussian",

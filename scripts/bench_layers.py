@@ -19,8 +19,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from volseg.allocator import keep_freed_memory
 from volseg.fast_layers import SUBPIXEL_MAX_OUT_CHANNELS, SubpixelConvTranspose, TwoPassInstanceNorm
+from volseg import runtime
 
 #: (spatial dims, batch, in channels, out channels, input size): the MONAI UNet's top layer
 #: (32 -> 3 at 48^3, 4 windows) and neighbours, then 2D slices.
@@ -59,8 +59,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as in the sliding window: no page faults in the timings
+    runtime.apply(runtime.Runtime(threads=args.threads))  # as the CLI: allocator tuning, threads
     torch.manual_seed(0)
     print(f"# {args.threads} threads, torch {torch.__version__}; medians of {args.repeats} calls, ms; "
           f"volseg uses the sub-pixel form up to {SUBPIXEL_MAX_OUT_CHANNELS} output channels")

@@ -32,6 +32,7 @@ from volseg.checkpoint import build_checkpoint, save_checkpoint
 from volseg.config import load_config
 from volseg.predictor import Predictor
 from volseg.training import build_network
+from volseg import runtime
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 BRATS = REPOSITORY.parent / "shared" / "data" / "brats2018"
@@ -73,7 +74,7 @@ def main() -> None:
         if not BRATS.is_dir():
             raise SystemExit(f"no BraTS data at {BRATS}; give a case folder with -i")
         args.input = sorted(p for p in BRATS.iterdir() if p.is_dir())[0]
-    torch.set_num_threads(args.threads)
+    runtime.apply(runtime.Runtime(threads=args.threads))  # as the CLI: allocator tuning, threads
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
         model = args.model or str(random_brats_checkpoint(folder))

@@ -57,7 +57,9 @@ from torch.utils.data import RandomSampler
 
 from volseg.config import Config, load_config
 from volseg.optim import build_optimizer
-from volseg.training import Trainer, output_channels, training_flags
+from volseg.runtime import training_flags
+from volseg.training import Trainer, output_channels
+from volseg import runtime
 
 Samples = list[tuple[float, float]]  # (step seconds, data-wait seconds) per step
 Block = Callable[[int, int], Samples]  # (round, steps) -> samples
@@ -201,14 +203,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
+    runtime.apply(runtime.Runtime(threads=args.threads))  # as the CLI: allocator tuning, threads
     config = load_config(args.config)
     check_config(config, args.config)
     args.rounds = max(1, min(args.rounds, args.steps))
     per_block = max(1, math.ceil(args.steps / args.rounds))
     seed, batch, patch = config.training.seed, config.sampling.batch_size, config.sampling.patch_size
 
-    with tempfile.TemporaryDirectory(prefix="bench_training_") as run_dir, training_flags(config.training):
+    with tempfile.TemporaryDirectory(prefix="bench_training_") as run_dir, training_flags(config.training.deterministic):
         started = time.perf_counter()
         trainer = Trainer(config, run_dir)  # seeds, splits, caches, network, loss, optimizer
         trainer_setup = time.perf_counter() - started

@@ -4,6 +4,7 @@ and what a GPU run meets: a checkpoint loaded for another device, inf/NaN losses
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -62,7 +63,9 @@ def test_loss_falls_and_validation_dice_rises(tmp_path, dataset):
     assert result.history[-1]["val_dice_outer"] > 0.8
     assert result.best_metric == max(row["val_dice_mean"] for row in result.history)
     names = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"config.yaml", "splits.json", "last.pt", "best.pt", "metrics.csv", "curves.png", "tensorboard"} <= names
+    assert {"config.yaml", "splits.json", "last.pt", "best.pt", "metrics.csv", "curves.png", "tensorboard",
+            "runtime.json"} <= names
+    assert "cudnn_benchmark" in json.loads((tmp_path / "run" / "runtime.json").read_text())
     assert [int(row["epoch"]) for row in read_csv(tmp_path / "run" / "metrics.csv")] == [1, 2, 3]
     best = load_checkpoint(tmp_path / "run" / "best.pt")
     assert "training" not in best and best["metrics"]["val_dice_mean"] == result.best_metric

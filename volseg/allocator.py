@@ -7,7 +7,8 @@ on first touch: hundreds of thousands of page faults per volume. Turning the mma
 and the heap trimming down makes freed blocks reusable by the next window. The cost is that
 the process keeps its peak memory until it exits, which suits a prediction or training run.
 
-Set ``VOLSEG_MALLOC_TUNING=0`` to leave the allocator as it is.
+Nothing in volseg calls this on its own: :func:`volseg.runtime.apply` does, for the CLI.
+Set ``VOLSEG_MALLOC_TUNING=0`` to leave the allocator as it is even then.
 """
 
 from __future__ import annotations
@@ -51,4 +52,9 @@ def keep_freed_memory() -> bool:
     # activations free more than that at once, and every case then faulted them in again).
     _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER))
     logger.debug("glibc malloc tuning %s", "applied" if _applied else "refused")
+    return _applied
+
+
+def tuning_applied() -> bool | None:
+    """Whether :func:`keep_freed_memory` tuned the allocator (None: it was never called)."""
     return _applied

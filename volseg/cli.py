@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument("--until-epoch", type=int, metavar="N", help="stop after epoch N (continue later with --resume)")
     train.add_argument("--overwrite", action="store_true", help="start again in a run folder that holds a run")
-    train.set_defaults(handler=train_command)
+    train.set_defaults(handler=train_command, runtime=True)
 
     predict = subcommands.add_parser("predict", parents=[common], help="segment volumes with a trained or bundled model")
     predict.add_argument("-m", "--model", required=True, help="checkpoint file or bundled model name (e.g. hippocampus)")
@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--stats", action="store_true", help="print and write per-label volumes and component counts")
     predict.add_argument("--preview", action="store_true", help="write a PNG of three orthogonal slices with the labels")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    predict.set_defaults(handler=predict_command)
+    predict.set_defaults(handler=predict_command, runtime=True)
 
     evaluate = subcommands.add_parser("evaluate", parents=[common], help="compare predictions with reference labels")
     evaluate.add_argument("prediction", help="predicted label file or folder")
@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_run.add_argument("--no-mirroring", action="store_true", help="no mirrored test-time augmentation")
     evaluate_run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto")
     evaluate_run.add_argument("--overwrite", action="store_true", help="replace an evaluation made with other settings")
-    evaluate_run.set_defaults(handler=evaluate_run_command)
+    evaluate_run.set_defaults(handler=evaluate_run_command, runtime=True)
 
     info = subcommands.add_parser("info", parents=[common], help="show what a checkpoint contains")
     info.add_argument("model", help="checkpoint file or bundled model name")
@@ -437,6 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     _configure_logging(args.debug, args.quiet)
     try:
+        if getattr(args, "runtime", False):  # commands that compute get volseg's process settings
+            from volseg import runtime
+
+            runtime.apply()
         return handler(args)
     except VolsegError as error:
         if args.debug:

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from volseg.allocator import keep_freed_memory
 from volseg.errors import ConfigError, ShapeError, choice_error
 from volseg.fast_layers import with_fast_layers
 from volseg.window_batch import (ActivationMeter, accumulation_device, free_memory, total_memory, window_batch_size,
@@ -136,7 +135,6 @@ def sliding_window_inference(
                                tta_flips=tta_flips, device=device, output_device=output_device, autocast=autocast,
                                fast_layers=fast_layers, progress=progress)
     _check_arguments(image, roi_size, overlap, sw_batch_size, autocast, tta_flips)
-    keep_freed_memory()  # windows reuse each other's freed buffers instead of faulting in fresh pages
     roi = tuple(int(r) for r in roi_size)
     if device is None:
         device = next(network.parameters()).device

@@ -55,15 +55,15 @@ class RunLog:
         write_text(self.run_dir / "metrics.csv", buffer.getvalue())
 
     def _write_curves(self) -> None:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+        try:  # a private Agg canvas: pyplot and the process's matplotlib backend stay untouched
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
         except ImportError:
             return
         epochs = [row["epoch"] for row in self.history]
-        figure, (loss_axes, dice_axes) = plt.subplots(1, 2, figsize=(10, 4))
+        figure = Figure(figsize=(10, 4))
+        FigureCanvasAgg(figure)
+        loss_axes, dice_axes = figure.subplots(1, 2)
         loss_axes.plot(epochs, [row.get("train_loss") for row in self.history], label="training loss")
         loss_axes.set_xlabel("epoch")
         loss_axes.legend()
@@ -77,7 +77,6 @@ class RunLog:
         figure.tight_layout()
         with atomic_target(self.run_dir / "curves.png") as temporary:
             figure.savefig(temporary, format="png", dpi=90)
-        plt.close(figure)
 
     def close(self) -> None:
         if self._writer is not None:

@@ -10,17 +10,17 @@ Data order and augmentation are a function of (seed, epoch, rank) (see volseg.da
 the GPU's generator is reseeded from them every epoch, and the CPU RNG states, optimiser and
 gradient scaler are restored on resume, so in deterministic CPU mode an interrupted and resumed
 run ends with the same weights as an uninterrupted one. The determinism / cudnn flags a run sets
-hold only while it trains (:func:`training_flags`).
+hold only while it trains (:func:`volseg.runtime.training_flags`); ``runtime.json`` records the
+process-wide settings in effect.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
 import math
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,7 @@ import numpy as np
 import torch
 from monai.data import DataLoader
 
-from volseg.allocator import keep_freed_memory
-from volseg.atomic import remove_stale_temporaries
+from volseg.atomic import remove_stale_temporaries, write_text
 from volseg.checkpoint import build_checkpoint, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from volseg.config import Config, TrainingConfig, dump_config
 from volseg.data.datasets import find_cases
@@ -43,6 +42,8 @@ from volseg.losses import DeepSupervisionLoss, loss_from_config
 from volseg.nn import SegmentationNetwork, create_model
 from volseg.optim import LearningRateSchedule, build_optimizer
 from volseg.run_log import RunLog
+from volseg.runtime import describe as describe_runtime
+from volseg.runtime import training_flags
 from volseg.validation import validate
 
 logger = logging.getLogger(__name__)
@@ -114,24 +115,6 @@ def untrained_parameters(config: Config, in_channels: int, loss: torch.nn.Module
     return [name for name, parameter in network.named_parameters() if id(parameter) not in reached]
 
 
-@contextlib.contextmanager
-def training_flags(training: TrainingConfig) -> Iterator[None]:
-    """Within: with ``training.deterministic``, deterministic algorithms (warning where an op has
-    none) and cudnn.deterministic; else cudnn.benchmark. The process's previous flags come back on
-    exit, so a later prediction or run in the same process is not slowed or changed by them."""
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    try:
-        if training.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = not training.deterministic
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
-
-
 class Trainer:
     """Train ``config`` into ``run_dir``; ``resume=True`` continues from ``run_dir/last.pt``
     (from epoch 1 when the run was stopped before its first checkpoint).
@@ -150,7 +133,6 @@ class Trainer:
         context: DistributedContext | None = None,
     ) -> None:
         self.config, self.run_dir = config, Path(run_dir)
-        keep_freed_memory()  # every step reuses the previous step's freed activations
         self.context = context or init_distributed(config.training.device)
         self.progress_bar = progress_bar if self.context.is_main else None
         self._new_splits: tuple[list[dict[str, list[str]]], Path] | None = None
@@ -266,7 +248,7 @@ class Trainer:
     # ---------------------------------------------------------------- resume
     def _remove_stale_temporaries(self) -> None:
         """Delete the temporary files a killed run left while writing its files (this run rewrites them)."""
-        for name in (LAST, BEST, CONFIG_FILE, SPLITS_FILE, "metrics.csv", "curves.png"):
+        for name in (LAST, BEST, CONFIG_FILE, SPLITS_FILE, "metrics.csv", "curves.png", "runtime.json"):
             for stale in remove_stale_temporaries(self.run_dir / name):
                 logger.debug("removed %s, left by an interrupted write", stale)
 
@@ -417,7 +399,9 @@ class Trainer:
         steps = max(last - self.start_epoch, 0) * config.training.iterations_per_epoch
         bar = self.progress_bar(total=steps, unit="step", dynamic_ncols=True) if self.progress_bar else None
         try:
-            with training_flags(config.training):
+            with training_flags(config.training.deterministic):
+                if self.context.is_main:
+                    write_text(self.run_dir / "runtime.json", json.dumps(describe_runtime(), indent=1) + "\n")
                 return self._fit_epochs(last, bar)
         finally:
             self.train_loader = None  # its worker processes exit
