@@ -24,13 +24,12 @@ import sys
 import time
 from collections import defaultdict
 
-import torch
 from monai.transforms import RandomizableTrait, Transform
 
+from volseg import runtime
 from volseg.config import load_config
 from volseg.data.datasets import find_cases
 from volseg.data.transforms import items_from_cases, training_transforms
-from volseg import runtime
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -56,14 +56,17 @@ def build_network(name: str) -> tuple[torch.nn.Module, int, int]:
                        strides=(2, 2, 2, 2), num_res_units=2)
         return network.eval(), 4, 3
     from volseg.config import load_config
-    from volseg.training import build_network as build_configured, output_channels
+    from volseg.training import build_network as build_configured
+    from volseg.training import output_channels
 
     config = load_config(REPOSITORY / "configs" / f"{name.removeprefix('volseg-')}.yaml")
     network = build_configured(config, len(config.data.channels))
     return network.eval(), len(config.data.channels), output_channels(config)
 
 
-def make_runner(method: str, batch: int | str, network, roi, overlap, out_channels) -> Callable[[torch.Tensor], torch.Tensor]:
+def make_runner(
+    method: str, batch: int | str, network, roi, overlap, out_channels
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The function that segments one image with ``method`` ('monai', 'nnunet', 'volseg', or 'volseg'
     without one of its speed-ups: 'volseg-plain-malloc', 'volseg-plain-layers')."""
     if method == "monai":
@@ -191,8 +194,8 @@ def main() -> None:
         process.join()
     report(args, table, seconds, peak, first, flops, shape)
     if args.end_to_end:
-        subprocess.run([sys.executable, str(REPOSITORY / "scripts" / "bench_predict.py"), "--threads", str(args.threads)],
-                       check=True)
+        bench_predict = REPOSITORY / "scripts" / "bench_predict.py"
+        subprocess.run([sys.executable, str(bench_predict), "--threads", str(args.threads)], check=True)
 
 
 def report(args, table, seconds, peak, first, flops, shape) -> None:

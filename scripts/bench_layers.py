@@ -19,8 +19,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from volseg.fast_layers import SUBPIXEL_MAX_OUT_CHANNELS, SubpixelConvTranspose, TwoPassInstanceNorm
 from volseg import runtime
+from volseg.fast_layers import SUBPIXEL_MAX_OUT_CHANNELS, SubpixelConvTranspose, TwoPassInstanceNorm
 
 #: (spatial dims, batch, in channels, out channels, input size): the MONAI UNet's top layer
 #: (32 -> 3 at 48^3, 4 windows) and neighbours, then 2D slices.

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import torch
 
+from volseg import runtime
 from volseg.checkpoint import build_checkpoint, save_checkpoint
 from volseg.config import load_config
 from volseg.predictor import Predictor
 from volseg.training import build_network
-from volseg import runtime
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 BRATS = REPOSITORY.parent / "shared" / "data" / "brats2018"
@@ -81,7 +81,8 @@ def main() -> None:
         batch = int(args.batch) if args.batch not in (None, "auto") else args.batch  # None: the model's own
         predictor = Predictor.from_checkpoint(model, device="cpu", tta=False, sw_batch_size=batch)
         timer = ForwardTimer(predictor.network)
-        print(f"# {args.threads} threads, torch {torch.__version__}; model {args.model or 'random 1 mm BraTS network'}, "
+        print(f"# {args.threads} threads, torch {torch.__version__}; "
+              f"model {args.model or 'random 1 mm BraTS network'}, "
               f"window {predictor.roi_size}, batch {predictor.sw_batch_size}; case {args.input}")
         rows = []
         for repeat in range(args.repeats + 1):  # the first is a warm-up

@@ -51,15 +51,26 @@ from pathlib import Path
 import monai
 import torch
 from monai.data import CacheDataset, DataLoader
-from monai.transforms import (Compose, CropForegroundd, EnsureChannelFirstd, LoadImaged, NormalizeIntensityd,
-                              Orientationd, RandAffined, RandCropByPosNegLabeld, RandFlipd, Spacingd, SpatialPadd)
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    EnsureChannelFirstd,
+    LoadImaged,
+    NormalizeIntensityd,
+    Orientationd,
+    RandAffined,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    Spacingd,
+    SpatialPadd,
+)
 from torch.utils.data import RandomSampler
 
+from volseg import runtime
 from volseg.config import Config, load_config
 from volseg.optim import build_optimizer
 from volseg.runtime import training_flags
 from volseg.training import Trainer, output_channels
-from volseg import runtime
 
 Samples = list[tuple[float, float]]  # (step seconds, data-wait seconds) per step
 Block = Callable[[int, int], Samples]  # (round, steps) -> samples
@@ -210,7 +221,10 @@ def main() -> None:
     per_block = max(1, math.ceil(args.steps / args.rounds))
     seed, batch, patch = config.training.seed, config.sampling.batch_size, config.sampling.patch_size
 
-    with tempfile.TemporaryDirectory(prefix="bench_training_") as run_dir, training_flags(config.training.deterministic):
+    with (
+        tempfile.TemporaryDirectory(prefix="bench_training_") as run_dir,
+        training_flags(config.training.deterministic),
+    ):
         started = time.perf_counter()
         trainer = Trainer(config, run_dir)  # seeds, splits, caches, network, loss, optimizer
         trainer_setup = time.perf_counter() - started

@@ -39,7 +39,9 @@ def main() -> None:
     _, val_ids = split_for_fold(load_folds(args.run_dir / "splits.json"), config.data.fold)
     sample_id = args.sample or val_ids[0]
     if sample_id not in val_ids:
-        raise SystemExit(f"{sample_id} was used for training; pick one of the validation cases: {', '.join(val_ids[:10])}")
+        raise SystemExit(
+            f"{sample_id} was used for training; pick one of the validation cases: {', '.join(val_ids[:10])}"
+        )
     slim = inference_only(checkpoint, half=not args.fp32)
     slim["metrics"] = {**checkpoint.get("metrics", {}), "bundled_from": str(args.run_dir / args.checkpoint)}
     target = save_checkpoint(slim, PACKAGE_MODELS / f"{args.name}.pt")

@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # volseg, and gpu_check_data beside this file
 
 from gpu_check_data import synthetic_batch, write_brats_cases  # noqa: E402
+
 from volseg.config import Config, load_config  # noqa: E402
 from volseg.distributed import DistributedContext  # noqa: E402
 

@@ -70,8 +70,10 @@ def nnunet_sliding_window(
 def _check() -> None:
     """nnU-Net vs volseg on a small case: window positions, logits, one timing each."""
     import itertools
+
     from monai.networks.nets import UNet
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+
     from volseg.inference import sliding_window_inference, window_starts
 
     torch.manual_seed(0)

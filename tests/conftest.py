@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import nibabel as nib
-import SimpleITK as sitk
-
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 #: The project's real data (../shared/data beside the checkout); tests that need it skip without it.

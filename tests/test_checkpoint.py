@@ -31,7 +31,9 @@ def model():
 
 @pytest.fixture
 def config():
-    return config_from_dict({"data": {"labels": {0: "background", 1: "a", 2: "b"}}, "sampling": {"patch_size": [8, 8, 8]}})
+    return config_from_dict(
+        {"data": {"labels": {0: "background", 1: "a", 2: "b"}}, "sampling": {"patch_size": [8, 8, 8]}}
+    )
 
 
 def test_round_trip_rebuilds_the_same_network(tmp_path, model, config):
@@ -76,7 +78,8 @@ def test_rng_state_round_trip():
 
 def test_rng_state_restores_only_the_gpus_this_machine_has(monkeypatch):
     state = capture_rng_state()
-    state["cuda"] = [torch.full((16,), 1, dtype=torch.uint8), torch.full((16,), 2, dtype=torch.uint8)]  # saved on 2 GPUs
+    # saved on 2 GPUs
+    state["cuda"] = [torch.full((16,), 1, dtype=torch.uint8), torch.full((16,), 2, dtype=torch.uint8)]
     restored = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # resumed on a machine with one

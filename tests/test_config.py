@@ -92,7 +92,9 @@ def test_dict_view_is_plain_yaml():
 
 
 def test_partial_sections_keep_their_own_defaults():
-    config = config_from_dict(apply_overrides({}, ["augmentation.gamma.prob=0.5", "augmentation.low_resolution.prob=0"]))
+    overrides = ["augmentation.gamma.prob=0.5", "augmentation.low_resolution.prob=0"]
+    config = config_from_dict(apply_overrides({}, overrides))
     assert config.augmentation.gamma.range == [0.7, 1.5] and config.augmentation.gamma.prob == 0.5
     assert config.augmentation.low_resolution.range == [0.5, 1.0]
-    assert config_from_dict({"augmentation": {"brightness": {"range": [0.9, 1.1]}}}).augmentation.brightness.prob == 0.15
+    brightness_only = config_from_dict({"augmentation": {"brightness": {"range": [0.9, 1.1]}}})
+    assert brightness_only.augmentation.brightness.prob == 0.15

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from test_training import PoisonedLoss
+
 from volseg.config import config_from_dict
 from volseg.distributed import init_distributed, resolve_device
 from volseg.errors import TrainingError

@@ -14,7 +14,9 @@ NORMS = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 
 
 def _transposed_cases():
-    for dims, kernel, stride, padding, output_padding in itertools.product((2, 3), (1, 2, 3, 4), (1, 2, 3), (0, 1), (0, 1)):
+    for dims, kernel, stride, padding, output_padding in itertools.product(
+        (2, 3), (1, 2, 3, 4), (1, 2, 3), (0, 1), (0, 1)
+    ):
         if output_padding < stride and padding < kernel:
             yield dims, kernel, stride, padding, output_padding
 

@@ -30,7 +30,9 @@ def test_schedule_sets_every_group():
 @pytest.mark.parametrize("name,kind", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
                                        ("adamw", torch.optim.AdamW), ("rmsprop", torch.optim.RMSprop)])
 def test_optimizers(name, kind):
-    optimizer = build_optimizer(OptimizerConfig(name=name, lr=0.1, weight_decay=1e-4), [torch.nn.Parameter(torch.ones(2))])
+    optimizer = build_optimizer(
+        OptimizerConfig(name=name, lr=0.1, weight_decay=1e-4), [torch.nn.Parameter(torch.ones(2))]
+    )
     assert isinstance(optimizer, kind) and optimizer.param_groups[0]["weight_decay"] == 1e-4
     if name == "sgd":
         assert optimizer.param_groups[0]["nesterov"] and not math.isnan(optimizer.param_groups[0]["momentum"])

@@ -177,7 +177,9 @@ def test_bool_mask_and_non_contiguous_view():
     result = keep_largest_component(mask)
     assert result.dtype == bool and int(result.sum()) == 27  # one value: only its largest blob stays
     view = three_blobs().transpose(2, 0, 1)  # a non-contiguous view
-    np.testing.assert_array_equal(keep_largest_component(view), keep_largest_component(three_blobs()).transpose(2, 0, 1))
+    np.testing.assert_array_equal(
+        keep_largest_component(view), keep_largest_component(three_blobs()).transpose(2, 0, 1)
+    )
 
 
 def test_format_statistics_table():

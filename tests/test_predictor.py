@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -46,7 +46,9 @@ AFFINES = {
     "LPS": np.diag([-1.0, -1.0, 1.0, 1.0]),
     "LAS": np.diag([-0.9, 1.1, 1.3, 1.0]),
     "anisotropic": np.diag([0.8, 0.8, 3.0, 1.0]),
-    "oblique": np.block([[rotation(20) @ np.diag([1.0, 1.2, 2.0]), np.array([[5.0], [-3.0], [7.0]])], [np.zeros((1, 3)), 1]]),
+    "oblique": np.block(
+        [[rotation(20) @ np.diag([1.0, 1.2, 2.0]), np.array([[5.0], [-3.0], [7.0]])], [np.zeros((1, 3)), 1]]
+    ),
     "permuted": np.array([[0, 0, 1.5, 0], [-1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]]),
 }
 
@@ -95,7 +97,9 @@ def test_volume_thinner_than_the_window(tmp_path):
 def test_probabilities_and_uncertainty_on_the_input_grid(tmp_path):
     write_case(tmp_path / "in.nii.gz", AFFINES["LAS"])
     predictor = Predictor(ThresholdNet(), config_for())
-    prediction = predictor.predict_volumes([read_volume(tmp_path / "in.nii.gz")], probabilities=True, uncertainty="entropy")
+    prediction = predictor.predict_volumes(
+        [read_volume(tmp_path / "in.nii.gz")], probabilities=True, uncertainty="entropy"
+    )
     assert prediction.probabilities.shape == (23, 19, 13, 2)
     assert np.allclose(prediction.probabilities.sum(-1)[:, :, 1:], 1.0, atol=1e-5)
     assert prediction.uncertainty.shape == (23, 19, 13) and prediction.uncertainty.max() <= 1.0
@@ -145,7 +149,9 @@ def test_cli_predict_writes_every_output(tmp_path, capsys):
             "--save-probabilities", "--uncertainty", "--largest-component", "--batch", "auto", "--quiet"]
     assert main(argv) == 0
     names = sorted(p.name for p in out.parent.iterdir())
-    assert names == ["seg.nii.gz", "seg_preview.png", "seg_probabilities.nii.gz", "seg_stats.json", "seg_uncertainty.nii.gz"]
+    assert names == [
+        "seg.nii.gz", "seg_preview.png", "seg_probabilities.nii.gz", "seg_stats.json", "seg_uncertainty.nii.gz"
+    ]
     assert "positive" in capsys.readouterr().out
     assert main(argv) == 2  # exists without --overwrite
     assert main(["predict", "-m", "no-such-model", "-i", str(tmp_path / "in.nii.gz"), "-o", str(out)]) == 2
@@ -332,5 +338,6 @@ def test_cli_predict_asks_for_cudnn_benchmark(tmp_path, monkeypatch):
         return Predictor(ThresholdNet(), config_for(), **kwargs)
 
     monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(recording))
-    assert main(["predict", "-m", "x.pt", "-i", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "o.nii.gz"), "--quiet"]) == 0
+    argv = ["predict", "-m", "x.pt", "-i", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "o.nii.gz"), "--quiet"]
+    assert main(argv) == 0
     assert options["cudnn_benchmark"] is True

@@ -20,8 +20,8 @@ from typing import Any, Literal, Union
 import yaml
 
 from volseg.atomic import write_text
-from volseg.errors import ConfigError, InputFileError, closest_hint
 from volseg.data.splits import validation_count
+from volseg.errors import ConfigError, InputFileError, closest_hint
 
 
 def _field(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - "help" reads best in the schema
@@ -201,7 +201,9 @@ class InferenceConfig:
     roi_size: Union[list[int], None] = _field(None, "sliding-window size (default: the training patch size)")
     overlap: float = _field(0.5, "fraction of a window shared with its neighbour")
     blend: Literal["gaussian", "constant"] = _field("gaussian", "how overlapping windows are averaged")
-    sw_batch_size: Union[int, Literal["auto"]] = _field("auto", "windows per network call (auto: as many as fit in memory)")
+    sw_batch_size: Union[int, Literal["auto"]] = _field(
+        "auto", "windows per network call (auto: as many as fit in memory)"
+    )
     tta_flips: list[int] = _field([], "spatial axes mirrored for test-time augmentation")
     mask_nonzero: bool = _field(
         False, "background wherever every input channel is 0 (MRI skull-stripped background; `volseg plan` turns "
@@ -272,12 +274,15 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError as error:
                 errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}={value!r} is not valid; expected {_describe(hint)}")
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"{key}={value!r} is not valid; expected {_describe(hint)}"
+        )
     if origin is Literal:
         if any(value == a and type(value) is type(a) for a in args):
             return value
         choices = ", ".join(repr(a) for a in args)
-        raise ConfigError(f"{key}={value!r} is not valid{closest_hint(str(value), [str(a) for a in args])}; allowed: {choices}")
+        hint_text = closest_hint(str(value), [str(a) for a in args])
+        raise ConfigError(f"{key}={value!r} is not valid{hint_text}; allowed: {choices}")
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}={value!r} is not valid; expected {_describe(hint)}")
@@ -341,7 +346,9 @@ def check_config(config: Config) -> None:
     if config.inference.sw_batch_size != "auto":
         positive["inference.sw_batch_size"] = config.inference.sw_batch_size
     if config.data.num_workers != "auto" and config.data.num_workers < 0:
-        raise ConfigError(f"data.num_workers={config.data.num_workers} is not valid; allowed: an integer >= 0 or 'auto'")
+        raise ConfigError(
+            f"data.num_workers={config.data.num_workers} is not valid; allowed: an integer >= 0 or 'auto'"
+        )
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}={value} is not valid; allowed: a positive number")

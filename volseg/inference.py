@@ -27,8 +27,14 @@ from torch import nn
 
 from volseg.errors import ConfigError, ShapeError, choice_error
 from volseg.fast_layers import with_fast_layers
-from volseg.window_batch import (ActivationMeter, accumulation_device, free_memory, total_memory, window_batch_size,
-                                 window_bytes)
+from volseg.window_batch import (
+    ActivationMeter,
+    accumulation_device,
+    free_memory,
+    total_memory,
+    window_batch_size,
+    window_bytes,
+)
 
 BLEND_MODES = ("gaussian", "constant")
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -261,7 +267,9 @@ def check_sw_batch_size(value: object) -> None:
 def _check_arguments(image, roi_size, overlap, sw_batch_size, autocast, tta_flips) -> None:
     spatial = image.ndim - 2
     if image.ndim not in (4, 5):
-        raise ShapeError(f"image of shape {tuple(image.shape)} is not valid; expected (N, C, *S) with 2 or 3 spatial axes")
+        raise ShapeError(
+            f"image of shape {tuple(image.shape)} is not valid; expected (N, C, *S) with 2 or 3 spatial axes"
+        )
     if len(roi_size) != spatial or any(int(r) < 1 for r in roi_size):
         raise ConfigError(f"roi_size={list(roi_size)} is not valid; give {spatial} positive sizes")
     if not 0.0 <= overlap < 1.0:

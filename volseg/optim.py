@@ -20,7 +20,11 @@ def build_optimizer(config: OptimizerConfig, parameters: Iterable[torch.nn.Param
     parameters = list(parameters)
     if config.name == "sgd":
         return torch.optim.SGD(
-            parameters, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0, weight_decay=config.weight_decay
+            parameters,
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.momentum > 0,
+            weight_decay=config.weight_decay,
         )
     if config.name == "adam":
         return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)

@@ -343,7 +343,8 @@ def write_statistics(
     if out.exists() and not overwrite:
         raise OutputExistsError(f"'{out}' exists; pass overwrite=True to replace it")
     rows = [{key: entry[key] for key in STATISTICS_KEYS} for entry in stats]
-    if suffix == ".json":
+    if suffix == ".json":  # keys beyond STATISTICS_KEYS (e.g. input_nonfinite) are kept in JSON
+        rows = [{**row, **{k: v for k, v in entry.items() if k not in row}} for row, entry in zip(rows, stats)]
         text = json.dumps(rows, indent=2) + "\n"
     else:
         buffer = _stringio.StringIO()

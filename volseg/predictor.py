@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from volseg.bundled import resolve_model
-from volseg.class_maps import RunningDecision, class_chunk, entropy_terms, normalised_entropy, probability_chunks
 from volseg.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+from volseg.class_maps import RunningDecision, class_chunk, entropy_terms, normalised_entropy, probability_chunks
 from volseg.config import Config
 from volseg.data.labels import class_indices_to_labels, regions_to_labels
 from volseg.data.transforms import inference_transforms, invert_to_input

@@ -34,7 +34,7 @@ import numpy as np
 
 from volseg.atomic import atomic_target
 from volseg.errors import ConfigError, OutputExistsError, ShapeError
-from volseg.postprocess import as_label_array, check_spacing, to_numpy, connected_components
+from volseg.postprocess import as_label_array, check_spacing, connected_components, to_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def _planes(array: np.ndarray, centre: tuple[int, ...]) -> list[tuple[str, np.nd
     if array.ndim == 2:
         return [("", array.T, None)]
     planes = []
-    for name, fixed, horizontal, vertical, letters in _VIEWS_3D:
+    for name, fixed, _horizontal, _vertical, letters in _VIEWS_3D:
         index = [slice(None)] * 3
         index[fixed] = centre[fixed]
         plane = array[tuple(index)]  # the two axes left keep their order: (horizontal, vertical)

@@ -31,7 +31,7 @@ from monai.data import DataLoader
 
 from volseg.atomic import remove_stale_temporaries, write_text
 from volseg.checkpoint import build_checkpoint, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from volseg.config import Config, TrainingConfig, dump_config
+from volseg.config import Config, dump_config
 from volseg.data.datasets import find_cases
 from volseg.data.loader import resolve_num_workers, seed_for, training_loader
 from volseg.data.splits import carve_validation, load_folds, make_folds, save_folds, split_for_fold
@@ -88,7 +88,9 @@ def build_network(config: Config, in_channels: int) -> SegmentationNetwork:
     options = dict(config.network.options)
     if config.training.gradient_checkpointing:
         options["gradient_checkpointing"] = True
-    return create_model(config.network.name, config.network.spatial_dims, in_channels, output_channels(config), **options)
+    return create_model(
+        config.network.name, config.network.spatial_dims, in_channels, output_channels(config), **options
+    )
 
 
 def untrained_parameters(config: Config, in_channels: int, loss: torch.nn.Module) -> list[str]:
@@ -138,7 +140,8 @@ class Trainer:
         self._new_splits: tuple[list[dict[str, list[str]]], Path] | None = None
         if not resume and (self.run_dir / LAST).exists() and not overwrite:
             raise OutputExistsError(
-                f"{self.run_dir} holds a run already; use --resume {self.run_dir} to continue it or --overwrite to start again"
+                f"{self.run_dir} holds a run already; "
+                f"use --resume {self.run_dir} to continue it or --overwrite to start again"
             )
         seed = config.training.seed
         random.seed(seed)
@@ -394,7 +397,7 @@ class Trainer:
         ``until_epoch`` stops after that epoch, as an interruption would, with the schedule
         of the full run: ``--resume`` later continues exactly where it stopped.
         """
-        config, epoch = self.config, self.start_epoch - 1
+        config = self.config
         last = config.training.epochs if until_epoch is None else min(until_epoch, config.training.epochs)
         steps = max(last - self.start_epoch, 0) * config.training.iterations_per_epoch
         bar = self.progress_bar(total=steps, unit="step", dynamic_ncols=True) if self.progress_bar else None
@@ -424,7 +427,8 @@ class Trainer:
             if self.log is not None:
                 self.log.record(row)
             logger.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
-            self._save(epoch, {k: v for k, v in row.items() if k.startswith("val_")}, is_best or self.val_dataset is None)
+            val_metrics = {k: v for k, v in row.items() if k.startswith("val_")}
+            self._save(epoch, val_metrics, is_best or self.val_dataset is None)
             barrier(self.context)
             if config.training.early_stopping and self.stale_validations >= config.training.early_stopping:
                 logger.info("early stopping: %d validations without improvement", self.stale_validations)

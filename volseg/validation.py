@@ -79,7 +79,8 @@ def validate(
         dice = torch.where(both_empty, torch.ones_like(dice), torch.nan_to_num(dice, nan=0.0))
         totals += dice.double().cpu()
     counts = torch.tensor([float(len(range(context.rank, len(dataset), context.world_size)))], dtype=torch.float64)
-    totals, counts = all_reduce_sum(totals.to(context.device), context).cpu(), all_reduce_sum(counts.to(context.device), context).cpu()
+    totals = all_reduce_sum(totals.to(context.device), context).cpu()
+    counts = all_reduce_sum(counts.to(context.device), context).cpu()
     means = (totals / counts.clamp_min(1)).tolist()
     scores = {f"dice_{name}": value for name, value in zip(names, means)}
     scores["dice_mean"] = float(sum(means) / len(means)) if means else math.nan

@@ -12,10 +12,14 @@ import pytest
 from volseg.cli import main
 from volseg.config import load_config
 from volseg.data.datasets import find_cases
-from volseg.data.fingerprint import fingerprint_case, fingerprint_dataset, nonzero_bounding_shape, reorient_shape_and_spacing
+from volseg.data.fingerprint import (
+    fingerprint_case,
+    fingerprint_dataset,
+    nonzero_bounding_shape,
+    reorient_shape_and_spacing,
+)
 from volseg.data.planner import (
     estimate_memory_bytes,
-    plan_config,
     plan_dataset,
     plan_patch,
     plan_target_spacing,

@@ -260,12 +260,13 @@ def plan_summary(fingerprint: DatasetFingerprint, config: Config, device: str) -
     return "\n".join(
         [
             f"Planned by volseg plan for {device} from {config.data.root}",
-            f"{fingerprint.num_cases} case{'s' if fingerprint.num_cases != 1 else ''}, layout {fingerprint.layout}, modality {fingerprint.modality or 'unknown'}, "
-            f"channels {', '.join(fingerprint.channel_names) or '?'}",
+            f"{fingerprint.num_cases} case{'s' if fingerprint.num_cases != 1 else ''}, layout {fingerprint.layout}, "
+            f"modality {fingerprint.modality or 'unknown'}, channels {', '.join(fingerprint.channel_names) or '?'}",
             f"median spacing {_round(fingerprint.median_spacing)} mm, median shape {_round(fingerprint.median_shape)}, "
             f"cropped {_round(fingerprint.median_cropped_shape)} ({fingerprint.orientation})",
-            f"target spacing {_round(config.preprocessing.spacing or [])} mm, {dims}D patch {config.sampling.patch_size} "
-            f"x batch {config.sampling.batch_size}, {len(config.network.options['features'])} stages, "
+            f"target spacing {_round(config.preprocessing.spacing or [])} mm, "
+            f"{dims}D patch {config.sampling.patch_size} x batch {config.sampling.batch_size}, "
+            f"{len(config.network.options['features'])} stages, "
             f"{config.preprocessing.intensity.upper()} intensities",
             "Edit freely: `volseg train` checks every key.",
         ]

@@ -52,8 +52,8 @@ from volseg.data.labels import (
     label_spec,
     regions_to_labels,
 )
-from volseg.losses import border_weight_map, instances_from_labels
 from volseg.errors import ConfigError, InputFileError, ShapeError, VolsegError
+from volseg.losses import border_weight_map, instances_from_labels
 
 __all__ = [
     "LabelsToRegionsd", "LoadVolumed", "MapLabelsd", "Pipeline", "class_indices_to_labels", "inference_transforms",
@@ -278,7 +278,9 @@ class BorderWeightd(MapTransform):
         weights = border_weight_map(instances, w0=self.w0, sigma=self.sigma, labels=label)
         reference = d[self.label_key]
         tensor = torch.from_numpy(weights[None])
-        d[self.weight_key] = MetaTensor(tensor, meta=copy.deepcopy(reference.meta)) if isinstance(reference, MetaTensor) else tensor
+        if isinstance(reference, MetaTensor):
+            tensor = MetaTensor(tensor, meta=copy.deepcopy(reference.meta))
+        d[self.weight_key] = tensor
         return d
 
 

@@ -63,7 +63,9 @@ def model_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def create_model(name: str, spatial_dims: int, in_channels: int, num_classes: int, **kwargs: Any) -> SegmentationNetwork:
+def create_model(
+    name: str, spatial_dims: int, in_channels: int, num_classes: int, **kwargs: Any
+) -> SegmentationNetwork:
     """Build network ``name`` for ``spatial_dims`` (2 or 3) mapping ``in_channels`` to ``num_classes``.
 
     Keyword arguments go to the network's constructor; unknown ones raise ``ConfigError``

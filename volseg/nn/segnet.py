@@ -53,7 +53,9 @@ class SegNet(SegmentationNetwork):
         num_stages = len(features)
         convs = [num_convs] * num_stages if isinstance(num_convs, int) else list(num_convs)
         if len(convs) != num_stages or not all(isinstance(n, int) and n >= 1 for n in convs):
-            raise ConfigError(f"num_convs={num_convs!r} is not valid; give a positive int or one per stage ({num_stages})")
+            raise ConfigError(
+                f"num_convs={num_convs!r} is not valid; give a positive int or one per stage ({num_stages})"
+            )
         self.pool_sizes = expand_per_stage(pool_sizes, num_stages, self.spatial_dims, "pool_sizes")
         self.size_divisor = total_strides(self.pool_sizes)
         options = dict(norm=norm, act=act, dropout=dropout)
@@ -70,7 +72,9 @@ class SegNet(SegmentationNetwork):
             self.unpools.append(unpool(size, stride=size))
             # The decoder mirrors the stage: its last convolution maps back to the previous width.
             target = features[max(stage - 1, 0)]
-            self.decoder.append(ConvBlock(spatial_dims, channels, target, num_convs=count, mid_channels=channels, **options))
+            self.decoder.append(
+                ConvBlock(spatial_dims, channels, target, num_convs=count, mid_channels=channels, **options)
+            )
         self.head = layer_class("conv", spatial_dims)(features[0], num_classes, 1)
         initialize_weights(self, init, activation_slope(act))
 

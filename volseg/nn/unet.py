@@ -207,7 +207,9 @@ class UNet(SegmentationNetwork):
         for level in range(num_stages - 1):
             coarse, fine, scale = features[level + 1], features[level], self.strides[level + 1]
             self.up_steps.append(UpStep(spatial_dims, coarse, fine, scale=scale, mode=upsample))
-            self.gates.append(AttentionGate(spatial_dims, fine, coarse, stride=scale) if attention_gates else nn.Identity())
+            self.gates.append(
+                AttentionGate(spatial_dims, fine, coarse, stride=scale) if attention_gates else nn.Identity()
+            )
             self.decoder.append(decoder_type(spatial_dims, 2 * fine, fine, kernel_size=kernels[level],
                                              num_convs=decoder_convs, **options))
         conv = layer_class("conv", spatial_dims)

@@ -71,7 +71,9 @@ class UNetPlusPlus(SegmentationNetwork):
             if level < self.depth:
                 self.ups.append(
                     nn.ModuleList(
-                        UpStep(spatial_dims, features[level + 1], channels, scale=self.strides[level + 1], mode=upsample)
+                        UpStep(
+                            spatial_dims, features[level + 1], channels, scale=self.strides[level + 1], mode=upsample
+                        )
                         for _ in range(self.depth - level)
                     )
                 )
