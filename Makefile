@@ -8,7 +8,7 @@ TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.volseg-installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test demo bench-env gpu-wheels gpu-check clean
+.PHONY: install test test-fast lint demo bench-env gpu-wheels gpu-check clean
 
 install: $(STAMP)
 
@@ -18,8 +18,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-test: $(STAMP)
+# Everything that can run here: lint, then the whole suite (tests marked gpu skip without CUDA,
+# realdata ones without ../shared/data).
+test: $(STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast tier for the edit-test loop: no slow, real-data or GPU tests (about a minute on 2 cores).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -m "not slow and not realdata and not gpu"
+
+lint: $(STAMP)
+	$(BIN)/ruff check volseg tests scripts
 
 SAMPLE := volseg/models/hippocampus_sample
 DEMO_OUT := demo_output

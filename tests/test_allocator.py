@@ -33,6 +33,7 @@ def _run(tuning: str) -> tuple[bool, int]:
 
 
 @glibc_only
+@pytest.mark.slow
 def test_tuned_allocator_reuses_freed_blocks_instead_of_faulting_them_in_again():
     applied, tuned_faults = _run("1")
     untouched, plain_faults = _run("0")

@@ -4,11 +4,14 @@ on the input's grid, close to the reference on a case the model never trained on
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from volseg.bundled import bundled_models
 from volseg.cli import main
 from volseg.io import read_volume, same_grid
 from volseg.metrics import evaluate_case
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 HELD_OUT = "Brats18_CBICA_ABM_1"  # runs/brats_cpu/fold_0 held this case out (docs/results.md lists the four)
 

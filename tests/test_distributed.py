@@ -9,6 +9,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -18,6 +19,8 @@ from volseg.config import config_from_dict
 from volseg.distributed import init_distributed, resolve_device
 from volseg.errors import TrainingError
 from volseg.training import Trainer
+
+pytestmark = pytest.mark.slow  # gloo process groups: 15-30 s a test
 
 
 def _free_port() -> int:

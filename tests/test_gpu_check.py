@@ -27,6 +27,7 @@ def check(gpu_check, tmp_path):
     return gpu_check.Check(gpu_check.DRY, tmp_path)
 
 
+@pytest.mark.slow
 def test_a_failing_row_is_one_fail_line_and_the_table_goes_on(gpu_check, check, capsys):
     def broken(_check):
         raise ValueError("no good\nsecond line")
@@ -53,6 +54,7 @@ def test_rows_after_the_budget_are_skipped(gpu_check, check, capsys):
     assert "| late | SKIP | out of time" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_dry_rows_train_slide_and_predict_on_the_cpu(gpu_check, check):
     assert "steps/s" in gpu_check.row_steps(check, "fp32")
     assert "masks agree" in gpu_check.row_window(check, None)

@@ -40,6 +40,7 @@ def _probe() -> list[dict]:
     return [json.loads(line) for line in output.stdout.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.slow
 def test_a_sliding_window_and_a_run_log_change_no_process_setting():
     result = _probe()[0]
     assert result["tuning"] is None  # the allocator was never touched

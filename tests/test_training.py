@@ -74,6 +74,7 @@ def test_loss_falls_and_validation_dice_rises(tmp_path, dataset):
     assert model_from_checkpoint(best).num_classes == 3
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, dataset):
     augmented = {name: {"prob": 0.5} for name in ("flip", "affine", "noise", "gamma")}
     options = dict(augmentation=augmented, data={"num_workers": 1}, training={"iterations_per_epoch": 3, "epochs": 4})

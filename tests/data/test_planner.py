@@ -120,6 +120,7 @@ def test_plan_cli_writes_a_config_train_accepts(tmp_path, capsys, make_msd):
     assert main(["plan", str(tmp_path / "missing"), "--quiet"]) == 2
 
 
+@pytest.mark.realdata
 def test_real_hippocampus_plan_matches_nnunet_patch():
     root = SHARED_DATA / "msd-hippocampus"
     if not root.exists():

@@ -371,6 +371,7 @@ def test_disk_cache_is_reused_by_a_new_dataset(case: dict, count_reads: list[str
 # ----------------------------------------------------------------------------- real data
 
 
+@pytest.mark.realdata
 def test_real_brats_case_has_four_channels_and_nested_regions() -> None:
     root = SHARED_DATA / "brats2018"
     if not root.is_dir():
