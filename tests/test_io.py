@@ -535,6 +535,7 @@ def test_same_grid_and_check_same_grid():
 # ----------------------------------------------------------------------------- real data
 
 
+@pytest.mark.realdata
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} is absent")
 @pytest.mark.parametrize(
     ("name", "code", "dtype"),

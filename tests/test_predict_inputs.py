@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import nibabel as nib
+import numpy as np
 import pytest
 
 from volseg.errors import InputFileError

@@ -103,7 +103,8 @@ def train_command(args: argparse.Namespace) -> int:
             from volseg.config import apply_overrides, config_from_dict, config_to_dict
             from volseg.crossval import resume_config
 
-            config, all_folds = config_from_dict(apply_overrides(config_to_dict(resume_config(run_dir)), overrides)), True
+            config = config_from_dict(apply_overrides(config_to_dict(resume_config(run_dir)), overrides))
+            all_folds = True
         else:
             raise InputFileError(f"{run_dir} is not a volseg run folder (no {CONFIG_FILE}); nothing to resume")
     elif args.config:
@@ -123,7 +124,8 @@ def train_command(args: argparse.Namespace) -> int:
         else:
             results = [train(config, run_dir, **options)]
     for result in results:
-        best = "no validation" if result.best_metric is None else f"best mean Dice {result.best_metric:.4f} at epoch {result.best_epoch}"
+        best = ("no validation" if result.best_metric is None
+                else f"best mean Dice {result.best_metric:.4f} at epoch {result.best_epoch}")
         logger.info("finished %d epochs in %s: %s", result.epochs_run, result.run_dir, best)
     return 0
 
@@ -132,7 +134,9 @@ def _fold_number(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ConfigError(f"--fold {text!r} is not valid; allowed: a fold number, -1 (train on every case) or all") from None
+        raise ConfigError(
+            f"--fold {text!r} is not valid; allowed: a fold number, -1 (train on every case) or all"
+        ) from None
 
 
 def evaluate_run_command(args: argparse.Namespace) -> int:
@@ -174,6 +178,8 @@ def predict_command(args: argparse.Namespace) -> int:
         min_size_ml=args.min_size,
         stats=args.stats,
         preview=args.preview,
+        extension=".nii.gz" if args.format == "nifti" else "same",
+        strict=args.strict,
     )
     windows = tqdm(desc="windows", unit="window", leave=False, disable=_bars_off(args), file=sys.stderr, delay=1.0)
 
@@ -206,7 +212,8 @@ def predict_command(args: argparse.Namespace) -> int:
         windows.close()
         cases.close()
     done = [o for o in outcomes if not o.skipped]
-    logger.info("segmented %d case(s), skipped %d finished; outputs in %s", len(done), len(outcomes) - len(done), args.output)
+    logger.info("segmented %d case(s), skipped %d finished; outputs in %s",
+                len(done), len(outcomes) - len(done), args.output)
     return 0
 
 
@@ -218,7 +225,9 @@ def _check_predict_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"--overlap {args.overlap} is not valid; allowed: 0 <= overlap < 1")
     if args.batch not in (None, "auto"):
         if not args.batch.lstrip("-").isdigit() or int(args.batch) < 1:
-            raise ConfigError(f"--batch {args.batch} is not valid; allowed: auto, or 1 or more windows per network call")
+            raise ConfigError(
+                f"--batch {args.batch} is not valid; allowed: auto, or 1 or more windows per network call"
+            )
         args.batch = int(args.batch)
     if args.min_size is not None and not (math.isfinite(args.min_size) and args.min_size >= 0):
         raise ConfigError(f"--min-size {args.min_size} is not valid; allowed: a volume in mL, 0 or more")
@@ -342,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("data", help="dataset folder: MSD, nnU-Net raw, BraTS or images/ + labels/")
     plan.add_argument("-o", "--output", help="write the config YAML here (default: print it)")
     plan.add_argument("--dims", type=int, choices=(2, 3), default=3, help="3D (default) or 2D slice network")
-    plan.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="what training will run on (default cuda)")
+    plan.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                      help="what training will run on (default cuda)")
     plan.add_argument("--memory-gb", type=float, help="memory budget for training (default 8 on cuda, 4 on cpu)")
     plan.add_argument("--layout", default="auto", help="force the dataset layout (default: detect it)")
     plan.add_argument("--workers", type=int, default=2, help="processes reading cases (default 2)")
@@ -352,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = subcommands.add_parser("train", parents=[common], help="train a network from a YAML config")
     train.add_argument("config", nargs="?", help="the run's YAML config (volseg plan writes one)")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. training.epochs=50")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config value, e.g. training.epochs=50")
     train.add_argument("-o", "--output", help="run folder (default runs/<config name>/fold_<k>)")
     train.add_argument("--fold", help="cross-validation fold to train; all: every fold, one after another, "
                        "into RUN_DIR/fold_<k>; -1: one model on every case")
@@ -361,11 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="start again in a run folder that holds a run")
     train.set_defaults(handler=train_command, runtime=True)
 
-    predict = subcommands.add_parser("predict", parents=[common], help="segment volumes with a trained or bundled model")
-    predict.add_argument("-m", "--model", required=True, help="checkpoint file or bundled model name (e.g. hippocampus)")
-    predict.add_argument("-i", "--input", required=True, help="volume file, folder of cases, BraTS case folder or DICOM series")
+    predict = subcommands.add_parser("predict", parents=[common],
+                                     help="segment volumes with a trained or bundled model")
+    predict.add_argument("-m", "--model", required=True,
+                         help="checkpoint file or bundled model name (e.g. hippocampus)")
+    predict.add_argument("-i", "--input", required=True,
+                         help="volume file, folder of cases, BraTS case folder or DICOM series")
     predict.add_argument("-o", "--output", required=True, help="output file (one case) or folder")
-    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto picks CUDA when present")
+    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                         help="auto picks CUDA when present")
     predict.add_argument("--overlap", type=float, help="sliding-window overlap (default: the model's, usually 0.5)")
     predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                          help="mirror test-time augmentation (default: on with CUDA, off on CPU)")
@@ -381,7 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--mask-nonzero", action=argparse.BooleanOptionalAction, default=None,
                          help="background wherever every input channel is 0 (default: the model's setting)")
     predict.add_argument("--stats", action="store_true", help="print and write per-label volumes and component counts")
-    predict.add_argument("--preview", action="store_true", help="write a PNG of three orthogonal slices with the labels")
+    predict.add_argument("--preview", action="store_true",
+                         help="write a PNG of three orthogonal slices with the labels")
+    predict.add_argument("--format", choices=("nifti", "same"), default="nifti",
+                         help="label file format: nifti (.nii.gz, default) or same: the input's own where volseg "
+                         "writes it (NIfTI, NIfTI pairs, MGH/MGZ, NRRD, MHA, MINC as MINC 2), else NIfTI")
+    predict.add_argument("--strict", action="store_true",
+                         help="refuse inputs with NaN/Inf voxels (default: replace them by 0, or the image minimum "
+                         "for a CT model, with a warning)")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.set_defaults(handler=predict_command, runtime=True)
 
@@ -390,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("reference", help="reference label file or folder")
     structures = evaluate.add_mutually_exclusive_group()
     structures.add_argument("--labels", help="label values to score, e.g. 1,2 (default: every non-zero value)")
-    structures.add_argument("--regions", help="named regions: brats (2018-2021 or 2023+ from the labels), brats2021, brats2023")
+    structures.add_argument("--regions",
+                            help="named regions: brats (2018-2021 or 2023+ from the labels), brats2021, brats2023")
     evaluate.add_argument("--tolerance", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
     evaluate.add_argument("-o", "--output", help="write a CSV report (per case and summary)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing report")

@@ -41,7 +41,8 @@ from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou,
 
 from volseg.atomic import write_text
 from volseg.errors import ConfigError, InputFileError, OutputExistsError, ShapeError
-from volseg.io import READ_SUFFIXES, Volume, read_volume, same_grid
+from volseg.io import Volume, read_volume, same_grid
+from volseg.naming import case_id
 from volseg.postprocess import check_spacing
 
 logger = logging.getLogger(__name__)
@@ -237,22 +238,6 @@ def evaluate_files(
         return {}
     return evaluate_case(pred.array, ref.array, spacing=ref.spacing, structures=structures,
                          tolerance_mm=tolerance_mm)
-
-
-def case_id(path: str | os.PathLike) -> str | None:
-    """Case name of a volume file: ``"a/BraTS-GLI-0001-000-seg.nii.gz"`` ->
-    ``"BraTS-GLI-0001-000"`` (volume extension and a ``_seg``/``-seg`` ending removed);
-    ``None`` for hidden files and other extensions."""
-    name = Path(path).name
-    suffix = next((s for s in sorted(READ_SUFFIXES, key=len, reverse=True)
-                   if name.lower().endswith(s)), None)
-    if suffix is None or name.startswith("."):
-        return None
-    stem = name[: -len(suffix)]
-    for tail in ("_seg", "-seg"):
-        if stem.lower().endswith(tail) and len(stem) > len(tail):
-            return stem[: -len(tail)]
-    return stem
 
 
 def _volume_files(folder: Path) -> dict[str, Path]:

@@ -1,7 +1,8 @@
 """What ``volseg predict -i INPUT`` segments: find the cases in a file or folder.
 
 INPUT may be
-* a volume file (NIfTI, NRRD, MHA): one case; several channels come from a 4D file;
+* a volume file (any format of :mod:`volseg.naming`): one case; several channels come from a 4D file;
+  a single DICOM file reads its whole series when its folder holds the rest;
 * a DICOM series folder: one case;
 * a BraTS case folder (``<case>_{flair,t1,t1ce,t2}`` or ``<case>-{t2f,t1n,t1c,t2w}``): one case;
 * a folder of BraTS case folders: one case each;
@@ -12,18 +13,16 @@ INPUT may be
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import SimpleITK as sitk
 
-from volseg.data.datasets import BRATS2021_CHANNELS, BRATS2023_CHANNELS, BRATS2023_TO_2021, brats_case_files, split_volume_name
+from volseg.data.datasets import BRATS2021_CHANNELS, BRATS2023_CHANNELS, BRATS2023_TO_2021, brats_case_files
 from volseg.errors import InputFileError
-
-_CHANNEL_SUFFIX = re.compile(r"^(.+)_(\d{4})$")
-_DERIVED = re.compile(r"_(seg|label|labels|mask|probabilities|uncertainty|preview)$")
+from volseg.naming import CHANNEL_SUFFIX as _CHANNEL_SUFFIX
+from volseg.naming import is_case_file, is_derived, split_volume_name
 
 
 @dataclass(frozen=True)
@@ -56,14 +55,14 @@ def find_inputs(path: str | Path, *, channel_names: list[str] | None = None) -> 
     cases = [_brats_case(folder, found, channel_names) for folder in subfolders if (found := _brats_modalities(folder))]
     if cases:
         return cases
-    files = [p for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".") and split_volume_name(p.name)]
-    files = [p for p in files if not _DERIVED.search(split_volume_name(p.name)[0])]
+    files = [p for p in sorted(path.iterdir()) if p.is_file() and is_case_file(p.name)]
+    files = [p for p in files if not is_derived(split_volume_name(p.name)[0])]
     if files:
         return _file_cases(files, len(channel_names))
     if _is_dicom_series(path):
         return [PredictionInput(path.name, (path,))]
     raise InputFileError(
-        f"{path}: found no volumes to segment (looked for NIfTI/NRRD/MHA files, BraTS case folders and a DICOM series)"
+        f"{path}: found no volumes to segment (looked for volume files, BraTS case folders and a DICOM series)"
     )
 
 

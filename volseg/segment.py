@@ -1,17 +1,22 @@
 """Files in, files out: what ``volseg predict`` does for each case.
 
-For a case ``<name>`` the outputs are ``<name>.nii.gz`` (labels, on the input's grid) and,
-when asked for, ``<name>_probabilities.nii.gz`` (channels last), ``<name>_uncertainty.nii.gz``,
-``<name>_stats.json`` and ``<name>_preview.png``. The label file is written last and every
-file atomically, so a label file that exists marks a finished case: an interrupted folder
+For a case ``<name>`` the outputs are ``<name>.nii.gz`` (labels, on the input's grid; in the
+input's own format with ``extension="same"`` where volseg can write it) and, when asked for,
+``<name>_probabilities.nii.gz`` (channels last), ``<name>_uncertainty.nii.gz``,
+``<name>_stats.json`` and ``<name>_preview.png``. The label file is written last and every file
+atomically, so a label file that exists marks a finished case: an interrupted folder
 run started again skips those and redoes the rest (removing the temporary files a kill left
-for the outputs it redoes).
+for the outputs it redoes). NaN/Inf input voxels are replaced (0, or the image minimum for a CT
+model) with one warning, or refused with ``strict``; the stats record what was done.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +25,12 @@ import nibabel as nib
 import numpy as np
 
 from volseg.atomic import remove_stale_temporaries
-from volseg.data.datasets import split_volume_name
 from volseg.errors import ConfigError, OutputExistsError
-from volseg.io import WRITE_SUFFIXES, write_volume
+from volseg.io import WRITE_SUFFIXES, Volume, fill_nonfinite, read_volume, write_volume
+from volseg.naming import format_of, side_output_names, split_volume_name
 from volseg.postprocess import keep_largest_component, label_statistics, remove_small_components, write_statistics
 from volseg.predict_inputs import PredictionInput, find_inputs
-from volseg.predictor import Prediction, Predictor, read_case
+from volseg.predictor import Prediction, Predictor
 from volseg.preview import render_preview
 
 logger = logging.getLogger(__name__)
@@ -42,7 +47,11 @@ class OutputOptions:
     min_size_ml: float | None = None
     stats: bool = False
     preview: bool = False
+    #: label file format: a written suffix (:data:`volseg.io.WRITE_SUFFIXES`), or ``"same"``: the
+    #: input's own where writable, else .nii.gz with a warning (MINC 1 inputs are written as MINC 2).
     extension: str = ".nii.gz"
+    #: refuse inputs with NaN/Inf voxels instead of replacing them
+    strict: bool = False
 
 
 @dataclass
@@ -59,26 +68,38 @@ class CaseOutcome:
 def output_paths(labels_path: Path) -> dict[str, Path]:
     """The side outputs that belong to ``labels_path``."""
     stem, extension = split_volume_name(labels_path.name) or (labels_path.stem, labels_path.suffix)
-    folder = labels_path.parent
-    return {
-        "probabilities": folder / f"{stem}_probabilities{extension}",
-        "uncertainty": folder / f"{stem}_uncertainty{extension}",
-        "stats": folder / f"{stem}_stats.json",
-        "preview": folder / f"{stem}_preview.png",
-    }
+    return {kind: labels_path.parent / name for kind, name in side_output_names(stem, extension).items()}
 
 
-def plan_outputs(inputs: list[PredictionInput], output: Path, options: OutputOptions) -> list[tuple[PredictionInput, Path]]:
+def output_extension(case: PredictionInput, extension: str) -> str:
+    """The label file suffix of ``case``: ``extension``, or with ``"same"`` the suffix of its
+    first input file when volseg writes that format (else .nii.gz, with a warning)."""
+    if extension != "same":
+        return extension
+    first = case.images[0]
+    parts = split_volume_name(first.name) if first.is_file() else None
+    if parts and parts[1].lower() in WRITE_SUFFIXES:
+        return parts[1]
+    fmt = format_of(first.name) if first.is_file() else None
+    if first.is_file() and fmt is None:  # not a volume: reading it says so
+        return ".nii.gz"
+    what = f"{fmt.name} ({first.name})" if fmt else f"a DICOM series ({first.name})"
+    logger.warning("%s: volseg cannot write %s; writing the labels as NIfTI (.nii.gz)", case.case_id, what)
+    return ".nii.gz"
+
+
+def plan_outputs(inputs: list[PredictionInput], output: Path,
+                 options: OutputOptions) -> list[tuple[PredictionInput, Path]]:
     """Pair each case with its label file: ``output`` itself for one case given a volume file
     name, else ``output/<case><extension>``."""
-    single_file = split_volume_name(output.name) is not None and output.name.lower().endswith(WRITE_SUFFIXES)
+    single_file = output.name.lower().endswith(WRITE_SUFFIXES) and split_volume_name(output.name) is not None
     if single_file and len(inputs) > 1:
         raise ConfigError(f"-o {output} is a file name but the input holds {len(inputs)} cases; give a folder")
     if single_file:
         return [(inputs[0], output)]
     if output.is_file():
         raise ConfigError(f"-o {output} is an existing file; give a folder for the outputs")
-    return [(case, output / f"{case.case_id}{options.extension}") for case in inputs]
+    return [(case, output / f"{case.case_id}{output_extension(case, options.extension)}") for case in inputs]
 
 
 def segment(
@@ -113,7 +134,8 @@ def segment(
 
 def segment_case(predictor: Predictor, case: PredictionInput, labels_path: Path, options: OutputOptions) -> CaseOutcome:
     """Segment one case and write its outputs (the label file last)."""
-    channels = read_case(case.images)
+    ct = predictor.config.preprocessing.intensity == "ct"
+    channels, nonfinite = read_channels(case, strict=options.strict, ct=ct)
     prediction = predictor.predict_volumes(
         channels, case_id=case.case_id, probabilities=options.probabilities, uncertainty=options.uncertainty
     )
@@ -122,7 +144,8 @@ def segment_case(predictor: Predictor, case: PredictionInput, labels_path: Path,
     reference, side = prediction.reference, output_paths(labels_path)
     # Side outputs may be left from an interrupted run of this (unfinished) case: replace them,
     # and delete the temporary files a kill left while writing them.
-    for path in (labels_path, *side.values()):
+    written = [labels_path, *side.values()]
+    for path in written + [p.with_suffix(".img") for p in written if p.suffix.lower() == ".hdr"]:  # pairs
         remove_stale_temporaries(path)
     if prediction.probabilities is not None:
         write_volume(side["probabilities"], prediction.probabilities, reference, overwrite=True)
@@ -132,6 +155,8 @@ def segment_case(predictor: Predictor, case: PredictionInput, labels_path: Path,
     if options.stats:
         names = _names_in_convention(predictor, case.brats_convention)
         statistics = label_statistics(labels, spacing=reference.spacing, label_names=names)
+        if nonfinite is not None:  # the replacement, recorded with the statistics
+            statistics = [{**row, "input_nonfinite": nonfinite} for row in statistics]
         write_statistics(statistics, side["stats"], overwrite=True)
     if options.preview:
         image, label_view, spacing = ras_views(reference.channels_first()[0], labels, reference.affine)
@@ -141,6 +166,37 @@ def segment_case(predictor: Predictor, case: PredictionInput, labels_path: Path,
     write_volume(labels_path, labels, reference, overwrite=True)
     logger.debug("%s: %.2f s", case.case_id, prediction.seconds)
     return CaseOutcome(case.case_id, labels_path, skipped=False, seconds=prediction.seconds, statistics=statistics)
+
+
+_STRICT_HINT = "refused by --strict; without it they are replaced by 0 (CT: the image minimum)"
+
+
+def read_channels(case: PredictionInput, *, strict: bool = False, ct: bool = False) -> tuple[list[Volume], dict | None]:
+    """Read the channel files (or DICOM folder) of ``case``, several in parallel threads.
+
+    NaN/Inf voxels are replaced by 0, or by each file's smallest finite value when ``ct`` (0 is
+    tissue in CT), with one warning giving the count; ``strict`` refuses them instead. Returns
+    the volumes and, when voxels were replaced, ``{"voxels", "replaced_by", "values"}`` for the
+    run's statistics (else None).
+    """
+    read = functools.partial(read_volume, allow_nonfinite=not strict, nonfinite_hint=_STRICT_HINT)
+    if len(case.images) < 2:
+        volumes = [read(path) for path in case.images]
+    else:  # decompressing .nii.gz releases the GIL
+        with ThreadPoolExecutor(max_workers=min(len(case.images), os.cpu_count() or 1)) as pool:
+            volumes = list(pool.map(read, case.images))
+    if strict:
+        return volumes, None
+    replaced = [fill_nonfinite(volume, "min" if ct else "zero") for volume in volumes]
+    count = sum(n for n, _ in replaced)
+    if not count:
+        return volumes, None
+    rule = "the image minimum (CT model)" if ct else "0"
+    logger.warning("%s: %d NaN/Inf voxel(s) replaced by %s (%s); --strict refuses such inputs instead",
+                   case.case_id, count, rule, ", ".join(f"{v.path.name if v.path else '?'}: {n}"
+                                                        for v, (n, _) in zip(volumes, replaced) if n))
+    return volumes, {"voxels": count, "replaced_by": "image minimum" if ct else "zero",
+                     "values": [value for _, value in replaced]}
 
 
 def postprocess(labels: np.ndarray, prediction: Prediction, options: OutputOptions,

@@ -86,6 +86,7 @@ def test_msd_cases_channels_labels_and_test_list(tmp_path, caplog):
         ds.case("la_1x")
 
 
+@pytest.mark.realdata
 @pytest.mark.parametrize(("modality", "expected"), [
     ({"0": "CT"}, "CT"), ({"0": "MRI"}, "MRI"), ({"0": "T2", "1": "ADC"}, "MRI"), ({"0": "PET"}, "PET"),
     ({"0": "CT", "1": "PET"}, None)])
@@ -293,6 +294,7 @@ def test_forced_layouts(tmp_path):
 # --------------------------------------------------------------------------- real data
 
 
+@pytest.mark.realdata
 def test_real_hippocampus():
     ds = find_cases(real("msd-hippocampus"))
     assert (ds.layout, len(ds.cases), ds.num_channels) == ("msd", 208, 1)
@@ -300,6 +302,7 @@ def test_real_hippocampus():
     assert all(c.label.is_file() and c.images[0].name == c.label.name for c in ds.cases)
 
 
+@pytest.mark.realdata
 def test_real_brats2018():
     ds = find_cases(real("brats2018"))
     assert (ds.layout, len(ds.cases), ds.channel_names) == ("brats2021", 16, ["flair", "t1", "t1ce", "t2"])
@@ -308,6 +311,7 @@ def test_real_brats2018():
         assert case.label.name == f"{case.case_id}_seg.nii.gz"
 
 
+@pytest.mark.realdata
 @pytest.mark.parametrize(("name", "pairs"), [
     ("spleen-ct-crop", {"sub-spleen2_ct.nii.gz": "sub-spleen2_ct_seg-manual.nii.gz"}),
     ("brain-mri-tiny", {"anatomical.nii": "anatomical_label.nii.gz",

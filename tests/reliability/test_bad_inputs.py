@@ -290,7 +290,9 @@ def full_disk(c: Ctx) -> None:
         Path(tmp).write_bytes(b"\0" * 1000)  # a partial file, as a real full disk leaves
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    c.monkeypatch.setattr(vio, "_write_nifti", write_then_fail)
+    import volseg.formats
+
+    c.monkeypatch.setattr(volseg.formats, "_write_nifti", write_then_fail)
 
 
 def unreadable_input(c: Ctx) -> None:
@@ -475,6 +477,21 @@ def predict(input_name: str = "in.nii.gz", *extra: str, model: str = "{ckpt}", o
     return ["predict", "-m", model, "-i", f"{{d}}/{input_name}", "-o", output, "--quiet", *extra]
 
 
+def _mgz_input(c: Ctx) -> None:
+    nib.save(nib.MGHImage(image(), OBLIQUE), str(c.d / "in.mgz"))
+
+
+def _gifti_input(c: Ctx) -> None:
+    nib.save(nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(np.zeros(4, np.float32))]), str(c.d / "in.gii"))
+
+
+def _nibabel_file(name: str) -> Callable[[Ctx], None]:
+    """A copy of a file of nibabel's installed test data."""
+    def build(c: Ctx) -> None:
+        (c.d / name).write_bytes((Path(nib.__file__).parent / "tests" / "data" / name).read_bytes())
+    return build
+
+
 def check_qform_equals_sform(c_affine: np.ndarray) -> Callable[[Path], None]:
     def check(output: Path) -> None:
         img = nib.load(str(output))
@@ -537,8 +554,8 @@ CASES: list = [
      Fails("not a valid NIfTI file (data code 77 not recognized)")),
     ("pixdim 0 (nibabel sets it to 1; a warning says so)", raw_input(image(), _fix_pixdim), PREDICT,
      Works(grid="in.nii.gz", stderr="nibabel corrected its header: pixdim[1,2,3] should be non-zero")),
-    ("pixdim 0 and NaN voxels: the error alone", raw_input(np.where(image() > 90, np.nan, image()), _fix_pixdim),
-     PREDICT, Fails("NaN or infinite")),
+    ("pixdim 0 and NaN voxels, --strict: the error alone",
+     raw_input(np.where(image() > 90, np.nan, image()), _fix_pixdim), [*PREDICT, "--strict"], Fails("NaN or infinite")),
     ("gzip of text named .nii.gz", raw_bytes("in.nii.gz", gzip.compress(b"hello " * 100)), PREDICT,
      Fails("not a valid NIfTI file")),
     ("text file named .nrrd", raw_bytes("in.nrrd", b"NRRD0004\ntype: float\nnonsense\n"), predict("in.nrrd"),
@@ -572,9 +589,24 @@ CASES: list = [
     ("BraTS case folder missing t2", brats_case("t2"), predict("BraTS-001", model="{ckpt4}"),
      Fails("BraTS case BraTS-001: missing t2")),
     # --- voxel values
-    ("NaN voxels", with_nonfinite(np.nan), PREDICT, Fails("2 of 4320 voxels are NaN or infinite")),
-    ("Inf voxels", with_nonfinite(np.inf), PREDICT, Fails("2 of 4320 voxels are NaN or infinite")),
-    ("-Inf voxels", with_nonfinite(-np.inf), PREDICT, Fails("NaN or infinite")),
+    ("NaN voxels (replaced by 0, one warning)", with_nonfinite(np.nan), PREDICT,
+     Works(grid="in.nii.gz", stderr="2 NaN/Inf voxel(s) replaced by 0")),
+    ("Inf voxels (replaced by 0, one warning)", with_nonfinite(np.inf), PREDICT,
+     Works(grid="in.nii.gz", stderr="2 NaN/Inf voxel(s) replaced by 0")),
+    ("-Inf voxels (replaced by 0, one warning)", with_nonfinite(-np.inf), PREDICT, Works(grid="in.nii.gz")),
+    ("NaN voxels with --strict", with_nonfinite(np.nan), [*PREDICT, "--strict"],
+     Fails("2 of 4320 voxels are NaN or infinite; refused by --strict")),
+    ("Inf voxels with --strict", with_nonfinite(np.inf), [*PREDICT, "--strict"], Fails("refused by --strict")),
+    # --- other formats (tests/test_formats.py has each one's geometry)
+    ("FreeSurfer .mgz input", _mgz_input, predict("in.mgz"), Works(grid="in.mgz")),
+    ("FreeSurfer .mgz input, --format same", _mgz_input, predict("in.mgz", "--format", "same", output="{d}/out"),
+     Works(grid="in.mgz", output="out/in.mgz")),
+    ("a CIFTI-2 file", _nibabel_file("row_major.dconn.nii"), predict("row_major.dconn.nii"),
+     Fails("is a CIFTI-2 file")),
+    ("a GIFTI surface", _gifti_input, predict("in.gii"), Fails("in.gii': is a GIFTI file")),
+    ("a PAR header without its REC", _nibabel_file("T1.PAR"), predict("T1.PAR"),
+     Fails("without its data file (T1.REC is missing)")),
+    ("a streamlines file", _nibabel_file("simple.trk"), predict("simple.trk"), Fails("streamlines file")),
     ("scl_slope = inf (ignored, as nibabel does)", raw_input(image().astype(np.int16), _set(scl_slope=np.inf)),
      PREDICT, Works(grid="in.nii.gz")),
     ("scl_slope = NaN (no scaling)", raw_input(image().astype(np.int16), _set(scl_slope=np.nan)), PREDICT,
@@ -800,7 +832,7 @@ def test_bad_input(name, builder, argv, expected, tmp_path, checkpoints, capsys,
 
         assert load_checkpoint(output)["training"]["epoch"] == 0
     if expected.grid is not None:
-        result, source = vio.read_volume(output), vio.read_volume(d / expected.grid)
+        result, source = vio.read_volume(output), vio.read_volume(d / expected.grid, allow_nonfinite=True)
         assert result.array.ndim == 3 and result.array.dtype.kind in "ui"
         assert result.spatial_shape == source.spatial_shape
         np.testing.assert_allclose(result.affine, source.affine, atol=1e-5)

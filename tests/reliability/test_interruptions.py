@@ -122,6 +122,7 @@ def temporaries(folder: Path) -> list[str]:
 # ----------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_train_killed_at_random_points_resumes_to_the_same_weights(tmp_path, make_msd):
     data = make_msd(tmp_path / "msd", cases=4, shape=(20, 24, 16))
     config = tmp_path / "tiny.yaml"
@@ -234,6 +235,7 @@ def tiny_checkpoint(path: Path) -> Path:
     return save_checkpoint(build_checkpoint(network, config), path)
 
 
+@pytest.mark.slow
 def test_predict_killed_while_writing_a_folder_is_finished_by_rerunning(tmp_path):
     model = tiny_checkpoint(tmp_path / "tiny.pt")
     inputs, out = tmp_path / "in", tmp_path / "out"

@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from volseg.errors import ConfigError, InputFileError, choice_error, closest_hint
+from volseg.naming import CHANNEL_SUFFIX as _CHANNEL_SUFFIX
+from volseg.naming import is_case_file, split_volume_name
 
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("msd", "nnunet", "brats2021", "brats2023", "folder")
-#: Volume file extensions, longest first so that ``.seg.nrrd`` wins over ``.nrrd``.
-EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nrrd", ".mha", ".mhd", ".nii")
 BRATS2021_CHANNELS = ("flair", "t1", "t1ce", "t2")
 #: BraTS 2023+ names, in the order of their 2018-2021 equivalents (flair, t1, t1ce, t2).
 BRATS2023_CHANNELS = ("t2f", "t1n", "t1c", "t2w")
@@ -43,7 +42,6 @@ _BRATS_FILE = {
     "brats2023": re.compile(r"^(.+)-(t2f|t1n|t1c|t2w|seg)\.nii(\.gz)?$"),
 }
 _BRATS_EXAMPLE = {"brats2021": "<case>/<case>_flair.nii.gz", "brats2023": "<case>/<case>-t2f.nii.gz"}
-_CHANNEL_SUFFIX = re.compile(r"^(.+)_(\d{4})$")
 _LABEL_SUFFIX = re.compile(r"[-_. ](?:seg|segmentation|label|labels|mask|gt)(?=$|[-_. ])", re.IGNORECASE)
 _FOLDER_PAIRS = (("imagesTr", "labelsTr"), ("images", "labels"))
 _MRI_NAMES = {"MRI", "MR", "FLAIR", "ADC", "DWI", "PD", "SWI", "T1N", "T1C", "T2F"}
@@ -102,21 +100,15 @@ class Dataset:
         return everything[case_id]
 
 
-def split_volume_name(name: str) -> tuple[str, str] | None:
-    """``("stem", ".nii.gz")`` for a supported volume file name, else None."""
-    ext = next((e for e in EXTENSIONS if name.lower().endswith(e) and len(name) > len(e)), None)
-    return (name[: -len(ext)], name[-len(ext) :]) if ext else None
-
-
 def _visible(folder: Path) -> list[Path]:
     """The entries of ``folder``, sorted, without hidden files (macOS ``._*`` included)."""
     return sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
 
 
 def _volumes(folder: Path) -> list[tuple[str, Path]]:
-    """``(stem, path)`` of every volume file in ``folder`` (none if it does not exist)."""
-    found = [(split_volume_name(p.name), p) for p in _visible(folder) if p.is_file()]
-    return [(parts[0], p) for parts, p in found if parts]
+    """``(stem, path)`` of every volume file in ``folder`` that is a case of its own (see
+    :func:`volseg.naming.is_case_file`; none if the folder does not exist)."""
+    return [(split_volume_name(p.name)[0], p) for p in _visible(folder) if p.is_file() and is_case_file(p.name)]
 
 
 def _describe(root: Path) -> str:
@@ -379,7 +371,7 @@ def _image_groups(folder: Path, label_stems: list[str], problems: _Problems, gro
 
 
 def _find_folder(root: Path) -> Dataset:
-    pair = next(((root / i, root / l) for i, l in _FOLDER_PAIRS if (root / i).is_dir()), None)
+    pair = next(((root / images, root / labels) for images, labels in _FOLDER_PAIRS if (root / images).is_dir()), None)
     if pair is None:
         raise _not_layout(root, "folder", "no images/ or imagesTr/ folder")
     images_dir, labels_dir = pair
