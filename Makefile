@@ -61,10 +61,12 @@ $(BENCH_STAMP): pyproject.toml scripts/bench-constraints.txt
 # `pip install --no-index --find-links`: what volseg needs beyond a PyTorch GPU image. Assumed there:
 # a CUDA build of torch (never downloaded here: it comes with the machine or from its own index),
 # numpy, scipy, pyyaml, tqdm, matplotlib, tensorboard and pytest. Same versions as $(VENV), for
-# GPU_PYTHON (the GPU machine's Python) on x86-64 Linux.
+# GPU_PYTHON (the GPU machine's Python) on x86-64 Linux. SimpleITK (50 MB) is left out: volseg
+# imports it only to read NRRD/MHA/DICOM and for connected components, which the check never uses,
+# and the device tool carries at most 64 MiB with the checkout.
 GPU_WHEELS   ?= .gpu-wheels
 GPU_PYTHON   ?= 3.12
-GPU_PACKAGES := '^(monai|nibabel|simpleitk)=='
+GPU_PACKAGES := '^(monai|nibabel)=='
 GPU_PLATFORM := $(foreach p,manylinux_2_28 manylinux_2_17 manylinux2014,--platform $(p)_x86_64)
 
 gpu-wheels: $(STAMP)

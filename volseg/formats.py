@@ -21,13 +21,13 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from numpy.lib import recfunctions
 
 from volseg.errors import InputFileError
 from volseg.io import Volume, _check_affine, _check_shape, _fail
+from volseg.lazy import sitk  # SimpleITK, imported on first use
 from volseg.naming import NOT_VOLUMES, Format
 
 logger = logging.getLogger("volseg.io")  # one logger for reading and writing

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from typing import Literal, Optional, Union
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss as _MonaiDiceLoss
@@ -27,6 +26,7 @@ from torch import nn
 
 from volseg.config import LossConfig
 from volseg.errors import ConfigError, ShapeError, choice_error
+from volseg.lazy import sitk  # SimpleITK, imported on first use
 
 logger = logging.getLogger(__name__)
 

@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 
 from volseg.atomic import write_text
 from volseg.errors import ConfigError, OutputExistsError, ShapeError
+from volseg.lazy import sitk  # SimpleITK, imported on first use
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import SimpleITK as sitk
-
 from volseg.data.datasets import BRATS2021_CHANNELS, BRATS2023_CHANNELS, BRATS2023_TO_2021, brats_case_files
 from volseg.errors import InputFileError
+from volseg.lazy import sitk  # SimpleITK, imported on first use
 from volseg.naming import CHANNEL_SUFFIX as _CHANNEL_SUFFIX
 from volseg.naming import is_case_file, is_derived, split_volume_name
 
