@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import locale
 from pathlib import Path
 
 import nibabel as nib
@@ -103,6 +104,15 @@ def _write_dicom_series(folder: Path, arr_zyx: np.ndarray, series_uid: str) -> s
     rows = "\\".join(f"{v:.10f}" for v in list(direction[:, 0]) + list(direction[:, 1]))
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    before = locale.setlocale(locale.LC_ALL)  # GDCM's DICOM writer sets the C locale for the whole process
+    try:
+        _write_slices(writer, image, folder, series_uid, rows)
+    finally:
+        locale.setlocale(locale.LC_ALL, before)
+    return image
+
+
+def _write_slices(writer: sitk.ImageFileWriter, image: sitk.Image, folder: Path, series_uid: str, rows: str) -> None:
     for k in range(image.GetDepth()):
         piece = image[:, :, k]
         position = image.TransformIndexToPhysicalPoint((0, 0, k))
@@ -117,7 +127,6 @@ def _write_dicom_series(folder: Path, arr_zyx: np.ndarray, series_uid: str) -> s
             piece.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
         writer.Execute(piece)
-    return image
 
 
 @pytest.fixture

@@ -261,3 +261,14 @@ def test_a_header_claiming_gigabytes_is_refused_before_reading(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(InputFileError, match=r"huge.mgh.*GiB in memory\), over the .* limit"):
         read_volume(path)
+
+
+def test_reading_a_vtk_file_leaves_the_process_locale_alone(tmp_path):
+    import locale
+
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.float32)), str(tmp_path / "a.vtk"))
+    before = locale.setlocale(locale.LC_ALL)
+    read_volume(tmp_path / "a.vtk")  # ITK's VTK reader sets the C locale for the whole process
+    assert locale.setlocale(locale.LC_ALL) == before

@@ -20,7 +20,6 @@ from typing import Any, Literal, Union
 import yaml
 
 from volseg.atomic import write_text
-from volseg.data.splits import validation_count
 from volseg.errors import ConfigError, InputFileError, closest_hint
 
 
@@ -326,7 +325,7 @@ def check_config(config: Config) -> None:
         _check_length(config.preprocessing.spacing, 3, "preprocessing.spacing")
     if config.data.fold >= config.data.num_folds or config.data.fold < -1:
         raise ConfigError(f"data.fold={config.data.fold} is not valid; allowed: -1 .. {config.data.num_folds - 1}")
-    validation_count(10, config.data.validation_cases)  # raises on a bad size
+    check_validation_cases(config.data.validation_cases)
     if not 0.0 <= config.sampling.foreground_ratio <= 1.0:
         raise ConfigError(f"sampling.foreground_ratio={config.sampling.foreground_ratio} is not valid; allowed: 0 .. 1")
     if not 0.0 <= config.inference.overlap < 1.0:
@@ -352,6 +351,13 @@ def check_config(config: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}={value} is not valid; allowed: a positive number")
+
+
+def check_validation_cases(size: Any) -> None:
+    """``data.validation_cases``: 0, a fraction in (0, 1), or a whole number of cases."""
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or size < 0 or (size >= 1 and size != int(size)):
+        raise ConfigError(f"data.validation_cases={size!r} is not valid; allowed: 0, a fraction between 0 and 1, "
+                          "or a whole number of cases")
 
 
 def _check_length(values: list[Any], expected: int, key: str) -> None:

@@ -9,6 +9,7 @@ files). Any failure of a reader on a bad file becomes a one-line ``InputFileErro
 from __future__ import annotations
 
 import gzip
+import locale
 import logging
 import re
 import threading
@@ -26,9 +27,9 @@ from nibabel.spatialimages import HeaderDataError
 from numpy.lib import recfunctions
 
 from volseg.errors import InputFileError
-from volseg.io import Volume, _check_affine, _check_shape, _fail
 from volseg.lazy import sitk  # SimpleITK, imported on first use
 from volseg.naming import NOT_VOLUMES, Format
+from volseg.volume import Volume, _check_affine, _check_shape, _fail
 
 logger = logging.getLogger("volseg.io")  # one logger for reading and writing
 
@@ -185,7 +186,19 @@ def _read_itk_file(path: Path, max_bytes: int) -> Volume:
 
 
 @contextmanager
-def _quiet_itk() -> Iterator[None]:
+def keep_locale() -> Iterator[None]:
+    """Put the process's C locale back after the block: ITK's VTK reader and GDCM's DICOM writer
+    set the "C" locale for the whole process, after which Python opens text files as ASCII."""
+    before = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        if locale.setlocale(locale.LC_ALL) != before:
+            locale.setlocale(locale.LC_ALL, before)
+
+
+@contextmanager
+def quiet_itk() -> Iterator[None]:
     """Stop ITK printing its own warnings to stderr inside the block (restored after)."""
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
@@ -197,7 +210,7 @@ def _quiet_itk() -> Iterator[None]:
 
 def _read_dicom_series(folder: Path, series_id: str | None, max_bytes: int) -> Volume:
     reader = sitk.ImageSeriesReader()
-    with _quiet_itk():
+    with quiet_itk():
         ids = list(reader.GetGDCMSeriesIDs(str(folder)))
     if not ids:
         raise _fail(folder, "is a folder but holds no DICOM series")
@@ -215,7 +228,7 @@ def _read_dicom_series(folder: Path, series_id: str | None, max_bytes: int) -> V
         shape = tuple(info.GetSize()[:2]) + (len(files),) + ((comps,) if comps > 1 else ())
         _check_shape(folder, shape, _itk_itemsize(info.GetPixelID()), max_bytes)
         reader.SetFileNames(files)
-        with _quiet_itk():
+        with quiet_itk():
             image = reader.Execute()
     except RuntimeError as err:
         raise _fail(folder, f"unreadable DICOM series ({_itk_message(err)})") from err
@@ -275,7 +288,7 @@ def read_file(path: Path, fmt: Format, max_bytes: int, fixes: list[str]) -> Volu
     if fmt.reader == "minc":
         with open(path, "rb") as f:
             if f.read(8) == _HDF5_MAGIC:  # MINC 2: nibabel would need h5py
-                with _quiet_itk():
+                with quiet_itk():
                     return _read_itk_file(path, max_bytes)
         return _read_nibabel(path, fmt, max_bytes, fixes, loader=nib.Minc1Image.from_filename)
     loader = nib.ecat.load if fmt.reader == "ecat" else nib.load
@@ -324,19 +337,19 @@ def _read_dicom_file(path: Path, max_bytes: int) -> Volume:
     info.SetFileName(str(path))
     info.SetImageIO("GDCMImageIO")
     try:
-        with _quiet_itk():
+        with quiet_itk():
             info.ReadImageInformation()
     except RuntimeError as err:
         raise _fail(path, f"not a readable DICOM file ({_itk_message(err)})") from err
     series = info.GetMetaData("0020|000e").strip() if info.HasMetaDataKey("0020|000e") else ""
     if series:
-        with _quiet_itk():
+        with quiet_itk():
             files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path.parent), series)
         if len(files) > 1:
             logger.info("%s: one file of a %d-file DICOM series; reading the series from %s",
                         path, len(files), path.parent)
             return _read_dicom_series(path.parent, series, max_bytes)
-    with _quiet_itk():
+    with quiet_itk():
         return _read_itk_file(path, max_bytes)
 
 

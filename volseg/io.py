@@ -11,106 +11,23 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
+from volseg import formats
 from volseg.atomic import atomic_target
-from volseg.errors import ConfigError, InputFileError, OutputExistsError, ShapeError
+from volseg.errors import ConfigError, OutputExistsError, ShapeError
 from volseg.naming import READ_SUFFIXES, WRITE_SUFFIXES, describe_formats, format_of, not_a_volume
+from volseg.volume import Volume, _check_affine, _check_shape, _fail  # noqa: F401 - Volume is re-exported
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["READ_SUFFIXES", "WRITE_SUFFIXES", "MAX_BYTES", "Volume", "read_volume", "write_volume",
            "check_finite", "fill_nonfinite", "output_dtype", "orientation_code", "same_grid", "check_same_grid"]
 MAX_BYTES = 8 * 1024**3  # default limit on the memory a header may claim, checked before loading
-
-
-@dataclass
-class Volume:
-    """A voxel array with its geometry.
-
-    ``array``: ``(*S)`` scalar or ``(*S, C)`` multi-channel, ``S`` in the file's voxel order
-    ``(i, j, k)`` (``(i, j)`` in 2D). ``affine``: 4x4 float64, voxel index -> RAS+ mm.
-    ``header``: the NIfTI header (nibabel reads only), whose qform/sform codes, units and
-    description writes on this grid copy. ``spatial_dims``: 2 or 3, default 2 for 2D arrays.
-    """
-
-    array: np.ndarray
-    affine: np.ndarray
-    path: Path | None = None
-    header: Any = None
-    spatial_dims: int | None = None
-
-    def __post_init__(self) -> None:
-        self.affine = np.asarray(self.affine, dtype=np.float64)
-        if self.affine.shape != (4, 4):
-            raise ShapeError(f"a volume affine must be 4x4, got shape {self.affine.shape}")
-        if self.spatial_dims is None:
-            self.spatial_dims = 2 if self.array.ndim == 2 else 3
-        sd = self.spatial_dims
-        if sd not in (2, 3) or self.array.ndim not in (sd, sd + 1):
-            raise ShapeError(f"a {sd}D volume array needs {sd} or {sd + 1} (channels last) "
-                             f"axes, got shape {self.array.shape}")
-
-    @property
-    def spatial_shape(self) -> tuple[int, ...]:
-        """``S``: the first 3 (or 2) axes of ``array``."""
-        return tuple(int(n) for n in self.array.shape[: self.spatial_dims])
-
-    @property
-    def spacing(self) -> tuple[float, ...]:
-        """Voxel sizes in mm along each spatial axis (norms of the affine's columns)."""
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, : self.spatial_dims], axis=0))
-
-    @property
-    def num_channels(self) -> int:
-        """``C``: 1 for a scalar volume."""
-        return 1 if self.array.ndim == self.spatial_dims else int(self.array.shape[-1])
-
-    @property
-    def orientation(self) -> tuple[str, ...]:
-        """Axis codes of the voxel axes, e.g. ``("L", "P", "S")``."""
-        return tuple(c or "?" for c in nib.orientations.aff2axcodes(self.affine))
-
-    def channels_first(self) -> np.ndarray:
-        """The array as ``(C, *S)`` float32 (``C = 1`` for a scalar volume)."""
-        arr = self.array if self.array.ndim > self.spatial_dims else self.array[..., None]
-        with np.errstate(over="ignore"):  # values beyond float32 become inf, which callers reject as non-finite
-            return np.ascontiguousarray(np.moveaxis(arr, -1, 0), dtype=np.float32)
-
-
-def _fail(path: object, problem: object) -> InputFileError:
-    """An ``InputFileError`` with a one-line message naming ``path``."""
-    return InputFileError(f"cannot read '{path}': {' '.join(str(problem).split())}")
-
-
-def _check_shape(path: Path, shape: tuple[int, ...], itemsize: int, max_bytes: int) -> tuple:
-    """Check a header shape before loading; drop singleton axes past the third:
-    ``(X, Y, Z, 1, C)`` (as some tools write) -> ``(X, Y, Z, C)``; ``(X, Y, Z, 1)`` -> 3D."""
-    shape = tuple(int(n) for n in shape)
-    if any(n <= 0 for n in shape):
-        raise _fail(path, f"has a zero-sized dimension (shape {shape})")
-    if len(shape) < 2:
-        raise _fail(path, f"has {len(shape)} dimension(s) (shape {shape}); volseg reads 2D and 3D volumes")
-    squeezed = shape[:3] + tuple(n for n in shape[3:] if n != 1)
-    if len(squeezed) > 4:
-        raise _fail(path, f"has {len(squeezed)} non-singleton dimensions (shape {shape}); "
-                    "volseg reads 2D/3D volumes with at most one channel axis")
-    nbytes = int(np.prod(squeezed, dtype=np.float64)) * itemsize
-    if nbytes > max_bytes:
-        raise _fail(path, f"header claims shape {shape} ({nbytes / 1024**3:.1f} GiB in memory), "
-                    f"over the {max_bytes / 1024**3:.1f} GiB limit (max_bytes); corrupt header?")
-    return squeezed
-
-
-def _check_affine(path: Path, affine: np.ndarray) -> None:
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise _fail(path, f"has a non-invertible voxel-to-world affine {affine[:3].tolist()}")
 
 
 def read_volume(
@@ -132,7 +49,6 @@ def read_volume(
     claim (checked before the data are read). Raises :class:`InputFileError` for any
     unreadable or invalid input, naming the file and what it is.
     """
-    from volseg import formats  # the readers; they import this module
 
     path = Path(path)
     fixes: list[str] = []  # what nibabel corrected in a header
@@ -141,7 +57,8 @@ def read_volume(
     if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):  # else readers blame the format
         raise _fail(path, "is not readable by this user (permission denied)")
     if path.is_dir():
-        volume = formats._read_dicom_series(path, series_id, max_bytes)
+        with formats.keep_locale():
+            volume = formats._read_dicom_series(path, series_id, max_bytes)
     else:
         what, fmt = not_a_volume(path.name), format_of(path.name)
         if what is not None:
@@ -149,7 +66,8 @@ def read_volume(
         if fmt is None:
             raise _fail(path, f"unknown file extension; supported: {describe_formats()}; "
                         "or a DICOM series folder")
-        volume = formats.read_file(path, fmt, max_bytes, fixes)
+        with formats.keep_locale():
+            volume = formats.read_file(path, fmt, max_bytes, fixes)
     if not allow_nonfinite:
         check_finite(volume, hint=nonfinite_hint)
     if fixes:  # said only for a usable file: an error says all there is to say
@@ -263,12 +181,12 @@ def write_volume(
         raise OutputExistsError(f"'{out}' exists; pass overwrite=True (--overwrite on the "
                                 "command line) to replace it")
     array = _cast(array, dtype)
-    from volseg import formats  # the writers; they import this module
 
     if fmt.writer == "pair":
-        formats.write_pair(out, array, affine, header)
+        with formats.keep_locale():
+            formats.write_pair(out, array, affine, header)
     else:
-        with atomic_target(out) as tmp:
+        with atomic_target(out) as tmp, formats.keep_locale():
             formats.write_file(tmp, out, fmt, array, affine, header, sdims)
     logger.debug("wrote %s: shape %s, %s", out, array.shape, array.dtype)
     return out

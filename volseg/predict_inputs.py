@@ -123,9 +123,7 @@ def _file_cases(files: list[Path], num_channels: int) -> list[PredictionInput]:
 
 
 def _is_dicom_series(folder: Path) -> bool:
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
+    from volseg.formats import keep_locale, quiet_itk
+
+    with quiet_itk(), keep_locale():
         return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)

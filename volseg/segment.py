@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
@@ -30,8 +30,10 @@ from volseg.io import WRITE_SUFFIXES, Volume, fill_nonfinite, read_volume, write
 from volseg.naming import format_of, side_output_names, split_volume_name
 from volseg.postprocess import keep_largest_component, label_statistics, remove_small_components, write_statistics
 from volseg.predict_inputs import PredictionInput, find_inputs
-from volseg.predictor import Prediction, Predictor
 from volseg.preview import render_preview
+
+if TYPE_CHECKING:  # the Predictor calls this module for predict_file: no import at run time
+    from volseg.predictor import Prediction, Predictor
 
 logger = logging.getLogger(__name__)
 

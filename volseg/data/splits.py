@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from volseg.atomic import write_text
+from volseg.config import check_validation_cases
 from volseg.data.datasets import MAX_LISTED, read_json
 from volseg.errors import ConfigError, InputFileError
 
@@ -65,9 +66,7 @@ def validation_count(num_train: int, size: float) -> int:
     ``size`` below 1 is a fraction (rounded, at least one case), 1 or more a count; 0 sets
     none aside. At least one case is always left to train on.
     """
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or size < 0 or (size >= 1 and size != int(size)):
-        raise ConfigError(f"data.validation_cases={size!r} is not valid; allowed: 0, a fraction between 0 and 1, "
-                          "or a whole number of cases")
+    check_validation_cases(size)
     if size == 0 or num_train < 2:
         return 0
     wanted = int(size) if size >= 1 else max(1, round(num_train * size))
