@@ -18,7 +18,7 @@ LAYERS = [
     ["volume", "formats", "io"],
     ["nn"],
     ["data", "losses", "metrics", "postprocess", "preview"],
-    ["checkpoint", "bundled", "fast_layers", "window_batch", "inference", "class_maps", "export"],
+    ["checkpoint", "bundled", "fast_layers", "window_batch", "inference", "class_maps", "export", "preflight"],
     ["predictor", "predict_inputs", "segment", "distributed", "optim", "run_log", "validation", "training"],
     ["crossval", "evaluation"],
     ["cli", "__main__", "__init__"],

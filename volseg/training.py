@@ -41,6 +41,7 @@ from volseg.errors import ConfigError, OutputExistsError, TrainingError
 from volseg.losses import DeepSupervisionLoss, loss_from_config
 from volseg.nn import SegmentationNetwork, create_model
 from volseg.optim import LearningRateSchedule, build_optimizer
+from volseg.preflight import check_training_config, output_channels
 from volseg.run_log import RunLog
 from volseg.runtime import describe as describe_runtime
 from volseg.runtime import training_flags
@@ -76,11 +77,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
             "bf16/fp16 instructions", precision
         )
     return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-
-
-def output_channels(config: Config) -> int:
-    """Network outputs: one per region (sigmoid) or one per label (softmax)."""
-    return len(config.data.regions) if config.data.regions else len(config.data.labels)
 
 
 def build_network(config: Config, in_channels: int) -> SegmentationNetwork:
@@ -134,6 +130,7 @@ class Trainer:
         progress_bar: Any = None,
         context: DistributedContext | None = None,
     ) -> None:
+        check_training_config(config)  # before any data is read, and before the process group forms
         self.config, self.run_dir = config, Path(run_dir)
         self.context = context or init_distributed(config.training.device)
         self.progress_bar = progress_bar if self.context.is_main else None
