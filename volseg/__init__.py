@@ -4,8 +4,9 @@ Public API (re-exported names only; see the README)::
 
     from volseg import Predictor, sliding_window_inference, create_model, train
 
-The heavier names (``Predictor``, ``sliding_window_inference``, ``train``, ``load_config``)
-are imported on first use, so ``import volseg`` and the command line start quickly.
+Everything that needs torch (``Predictor``, ``sliding_window_inference``, ``train``,
+``create_model``, ...) is imported on first use, so ``import volseg`` and ``volseg --help`` do
+not import torch (``tests/test_startup.py``).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from volseg.errors import (
     TrainingError,
     VolsegError,
 )
-from volseg.nn import SegmentationNetwork, create_model, list_models
 
 _LAZY = {
+    "SegmentationNetwork": "volseg.nn",
+    "create_model": "volseg.nn",
+    "list_models": "volseg.nn",
     "Predictor": "volseg.predictor",
     "sliding_window_inference": "volseg.inference",
     "train": "volseg.training",
@@ -39,13 +42,10 @@ __all__ = [
     "InputFileError",
     "OutputError",
     "OutputExistsError",
-    "SegmentationNetwork",
     "ShapeError",
     "TrainingError",
     "VolsegError",
     "__version__",
-    "create_model",
-    "list_models",
     *_LAZY,
 ]
 

@@ -88,13 +88,13 @@ def plan_command(args: argparse.Namespace) -> int:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    overrides = list(args.set or [])
+    all_folds = args.fold == "all"
+    if args.fold is not None and not all_folds:  # argument errors before torch and MONAI are imported
+        overrides.append(f"data.fold={_fold_number(args.fold)}")
     from volseg.config import load_config
     from volseg.training import CONFIG_FILE, train
 
-    overrides = list(args.set or [])
-    all_folds = args.fold == "all"
-    if args.fold is not None and not all_folds:
-        overrides.append(f"data.fold={_fold_number(args.fold)}")
     if args.resume:
         run_dir = Path(args.resume)
         if (run_dir / CONFIG_FILE).is_file():
@@ -165,11 +165,13 @@ def check_outputs_free(paths: Sequence[Path], overwrite: bool) -> None:
 
 
 def predict_command(args: argparse.Namespace) -> int:
+    _check_predict_options(args)  # argument errors before torch and MONAI are imported
+    if not Path(args.input).exists():
+        raise InputFileError(f"{args.input}: no such file or folder")
     from volseg.postprocess import format_statistics
     from volseg.predictor import Predictor
     from volseg.segment import OutputOptions, segment
 
-    _check_predict_options(args)
     options = OutputOptions(
         overwrite=args.overwrite,
         probabilities=args.save_probabilities,
@@ -463,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "runtime", False):  # commands that compute get volseg's process settings
             from volseg import runtime
 
-            runtime.apply()
+            runtime.apply(record=False)  # no torch import yet: argument errors stay fast
         return handler(args)
     except VolsegError as error:
         if args.debug:

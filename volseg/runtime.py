@@ -23,8 +23,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from volseg import allocator
 
 
@@ -37,8 +35,9 @@ class Runtime:
     threads: int | None = None
 
 
-def apply(runtime: Runtime = Runtime()) -> dict[str, Any]:
-    """Apply ``runtime`` to this process; returns :func:`describe`'s record of the result."""
+def apply(runtime: Runtime = Runtime(), *, record: bool = True) -> dict[str, Any]:
+    """Apply ``runtime`` to this process; returns :func:`describe`'s record of the result
+    (``record=False``: an empty dict, and torch is not imported for it)."""
     if runtime.malloc_tuning:
         allocator.keep_freed_memory()
     if runtime.threads is not None:
@@ -46,12 +45,16 @@ def apply(runtime: Runtime = Runtime()) -> dict[str, Any]:
             from volseg.errors import ConfigError
 
             raise ConfigError(f"threads={runtime.threads} is not valid; allowed: 1 or more")
+        import torch
+
         torch.set_num_threads(runtime.threads)
-    return describe()
+    return describe() if record else {}
 
 
 def describe() -> dict[str, Any]:
     """The process-wide settings in effect now (JSON-able)."""
+    import torch
+
     return {
         "malloc_tuning": bool(allocator.tuning_applied()),
         "VOLSEG_MALLOC_TUNING": os.environ.get("VOLSEG_MALLOC_TUNING"),
@@ -69,6 +72,8 @@ def training_flags(deterministic: bool) -> Iterator[None]:
     """Within: with ``deterministic``, deterministic algorithms (warning where an op has none)
     and cudnn.deterministic; else cudnn.benchmark. The process's previous flags come back on
     exit, so a later prediction or run in the same process is not slowed or changed by them."""
+    import torch
+
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
                 torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     try:
