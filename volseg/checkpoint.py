@@ -8,6 +8,8 @@ Layout (a dict of tensors and JSON-able values, so it loads with ``weights_only=
     created           ISO time
     config            the fully resolved run config (data labels/regions/channels,
                       preprocessing with its statistics, inference defaults, ...)
+    label_space       what the outputs mean (:class:`volseg.data.label_space.LabelSpace`
+                      ``to_dict``); older checkpoints lack it: rebuilt from their config
     network           the network's resolved constructor arguments (``model.config``)
     state_dict        the weights, unwrapped from DDP / torch.compile
     metrics           optional, e.g. the validation Dice of these weights
@@ -34,6 +36,7 @@ from torch import nn
 from volseg._version import __version__
 from volseg.atomic import atomic_target
 from volseg.config import Config, config_from_dict, config_to_dict
+from volseg.data.label_space import LabelSpace
 from volseg.errors import CheckpointError, InputFileError, VolsegError
 from volseg.nn import SegmentationNetwork, create_model
 
@@ -75,6 +78,7 @@ def build_checkpoint(
         "volseg_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": config_to_dict(config),
+        "label_space": LabelSpace.from_config(config).to_dict(),
         "network": dict(network.config),
         "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
         "metrics": metrics or {},
@@ -134,6 +138,16 @@ def checkpoint_config(checkpoint: dict[str, Any]) -> Config:
         return config_from_dict(checkpoint["config"])
     except VolsegError as error:
         raise CheckpointError(f"checkpoint config is not valid: {error}") from None
+
+
+def checkpoint_label_space(checkpoint: dict[str, Any]) -> LabelSpace:
+    """The label space stored in a checkpoint, or for one written before it was stored, its config's."""
+    if "label_space" in checkpoint:
+        try:
+            return LabelSpace.from_dict(checkpoint["label_space"])
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise CheckpointError(f"checkpoint label_space is not valid: {error!r}") from None
+    return LabelSpace.from_config(checkpoint_config(checkpoint))
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any], *, device: str | torch.device = "cpu") -> SegmentationNetwork:

@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from volseg.atomic import write_text
-from volseg.checkpoint import checkpoint_config, load_checkpoint
+from volseg.checkpoint import checkpoint_config, checkpoint_label_space, load_checkpoint
 from volseg.config import Config
 from volseg.data.datasets import find_cases
+from volseg.data.label_space import LabelSpace
 from volseg.data.splits import load_folds, split_for_fold
 from volseg.errors import ConfigError, InputFileError, OutputExistsError
 from volseg.metrics import CaseResult, evaluate_files, summarise, write_report_csv
@@ -98,11 +99,10 @@ def _check_output(output_dir: Path, settings: dict[str, Any], overwrite: bool) -
     write_text(previous, json.dumps(settings, indent=1) + "\n")
 
 
-def _structures(config: Config) -> dict[str, Any]:
-    """``labels=`` or ``regions=`` for :func:`volseg.metrics.evaluate_files`, as trained."""
-    if config.data.regions:
-        return {"regions": config.data.regions}
-    return {"labels": [value for value in sorted(config.data.labels) if value != 0]}
+def _structures(space: LabelSpace) -> dict[str, Any]:
+    """``regions=`` for :func:`volseg.metrics.evaluate_files`: the label space's named structures
+    (the regions, or one per foreground label under its name), as trained."""
+    return {"regions": space.structures()}
 
 
 def evaluate_run(
@@ -139,9 +139,10 @@ def evaluate_run(
         config = checkpoint_config(stored)
         trained[str(run)] = training_time(run, checkpoint_epoch(stored))
         dataset = find_cases(config.data.root, layout=config.data.layout)
-        jobs += [(run, config, dataset.case(case_id)) for case_id in held_out_ids(run, config)]
+        space = checkpoint_label_space(stored)
+        jobs += [(run, config, space, dataset.case(case_id)) for case_id in held_out_ids(run, config)]
     rows, started, predictors = [], time.perf_counter(), {}
-    for index, (run, config, case) in enumerate(jobs, 1):
+    for index, (run, config, space, case) in enumerate(jobs, 1):
         labels_path = predictions / f"{case.case_id}.nii.gz"
         if not labels_path.exists():
             if run not in predictors:
@@ -150,8 +151,8 @@ def evaluate_run(
                          OutputOptions(overwrite=True))
         if case.label is None:
             raise InputFileError(f"held-out case {case.case_id} of {config.data.root} has no label file")
-        metrics = evaluate_files(labels_path, case.label, **_structures(config))
-        rows.append(CaseResult(case.case_id, _named(metrics, config), labels_path, case.label))
+        metrics = evaluate_files(labels_path, case.label, **_structures(space))
+        rows.append(CaseResult(case.case_id, metrics, labels_path, case.label))
         if on_case is not None:
             on_case(case.case_id, index, len(jobs))
     summary = summarise(rows)
@@ -185,13 +186,6 @@ def training_time(run_dir: Path, epoch: int | None) -> dict[str, Any]:
     with open(metrics, newline="") as stream:
         seconds = [float(row["epoch_seconds"]) for row in csv.DictReader(stream) if int(row["epoch"]) <= epoch]
     return {"epoch": epoch, "seconds": round(sum(seconds), 1)}
-
-
-def _named(metrics: dict[str, dict[str, float]], config: Config) -> dict[str, dict[str, float]]:
-    """Structures named as the config names them (label values become their names)."""
-    if config.data.regions:
-        return metrics
-    return {config.data.labels.get(int(key), key): value for key, value in metrics.items()}
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -29,8 +29,9 @@ import torch
 
 from volseg._version import __version__
 from volseg.atomic import atomic_target, write_text
-from volseg.checkpoint import check_checkpoint, checkpoint_config, model_from_checkpoint
+from volseg.checkpoint import check_checkpoint, checkpoint_config, checkpoint_label_space, model_from_checkpoint
 from volseg.config import Config
+from volseg.data.label_space import LabelSpace
 from volseg.errors import CheckpointError, ConfigError, OutputError, OutputExistsError, ShapeError, VolsegError
 from volseg.inference import SIGMA_SCALE
 from volseg.nn import SegmentationNetwork
@@ -71,7 +72,7 @@ def describe_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
                     "arguments": {k: v for k, v in network.items() if k not in _NETWORK_KEYS}},
         "spatial_dims": network.get("spatial_dims"),
         "input_channels": channel_names(config, network.get("in_channels", 1)),
-        "outputs": _outputs(config, network.get("num_classes")),
+        "outputs": _outputs(checkpoint_label_space(checkpoint), network.get("num_classes")),
         "preprocessing": _preprocessing(config),
         "inference": _inference(config, default_roi_size(config)),
         "training_patch_size": list(config.sampling.patch_size),
@@ -150,16 +151,13 @@ def channel_names(config: Config, in_channels: int) -> list[str]:
     return names
 
 
-def _outputs(config: Config, num_outputs: int | None) -> dict[str, Any]:
-    labels = {int(v): n for v, n in sorted(config.data.labels.items())}
-    if config.data.regions:
-        outputs = {"activation": "sigmoid", "regions": {k: list(v) for k, v in config.data.regions.items()}}
-    else:
-        outputs = {"activation": "softmax"}
-    expected = len(config.data.regions or labels)
-    if num_outputs is not None and num_outputs != expected:
-        logger.warning("the network has %d outputs but the config describes %d", num_outputs, expected)
-    return {**outputs, "labels": {str(v): n for v, n in labels.items()}, "num_outputs": num_outputs}
+def _outputs(space: LabelSpace, num_outputs: int | None) -> dict[str, Any]:
+    outputs: dict[str, Any] = {"activation": space.activation}
+    if space.regions:
+        outputs["regions"] = {k: list(v) for k, v in space.regions.items()}
+    if num_outputs is not None and num_outputs != space.num_outputs:
+        logger.warning("the network has %d outputs but the config describes %d", num_outputs, space.num_outputs)
+    return {**outputs, "labels": {str(v): n for v, n in space.labels.items()}, "num_outputs": num_outputs}
 
 
 def _inference(config: Config, roi: Sequence[int]) -> dict[str, Any]:
@@ -383,17 +381,17 @@ def export_description(checkpoint: dict[str, Any], config: Config, model: Segmen
     spatial_names = [f"spatial{i}" if "spatial" in dynamic else r for i, r in enumerate(roi)]
     batch = "batch" if "batch" in dynamic else 1
     orientation = config.preprocessing.orientation.upper()
-    outputs = _outputs(config, model.num_classes)
-    if outputs["activation"] == "softmax":
-        values = sorted(int(v) for v in config.data.labels)
-        outputs["channels"] = [{"index": i, "label": v, "name": config.data.labels[v]} for i, v in enumerate(values)]
+    space = checkpoint_label_space(checkpoint)
+    outputs = _outputs(space, model.num_classes)
+    if not space.regions:
+        outputs["channels"] = [{"index": i, "label": v, "name": space.labels[v]} for i, v in enumerate(space.values)]
         outputs["decode"] = "label map = channels[argmax over axis 1].label"
     else:
         outputs["channels"] = [{"index": i, "name": k, "label_values": list(v)}
-                               for i, (k, v) in enumerate(config.data.regions.items())]
+                               for i, (k, v) in enumerate(space.regions.items())]
         outputs["decode"] = ("region r is present where sigmoid(logit r) > 0.5; label map = region_lookup[code], "
                              "code = sum over r of (region r present) << r")
-        outputs["region_lookup"] = _region_lookup(config.data.regions)
+        outputs["region_lookup"] = space.region_lookup()
     axes = (f"spatial axis i of the input is voxel axis i of the image reoriented to {orientation} "
             f"(nibabel/MONAI axis codes: the index grows toward {', '.join(orientation)})")
     if spatial == 2:
@@ -421,13 +419,3 @@ def export_description(checkpoint: dict[str, Any], config: Config, model: Segmen
         "inference": {**_inference(config, roi), "output_size": list(tile), "context": context,
                       "gaussian_sigma_scale": SIGMA_SCALE, "slice_axis": 2 if spatial == 2 else None},
     }
-
-
-def _region_lookup(regions: dict[str, list[int]]) -> list[int]:
-    """Label value for each region-membership code 0 .. 2**R - 1 (bit r: region r present)."""
-    from volseg.data.transforms import regions_to_labels  # MONAI-heavy: only for region models
-
-    count = len(regions)
-    codes = np.arange(1 << count)
-    masks = np.stack([(codes >> r) & 1 for r in range(count)]).astype(bool)
-    return [int(v) for v in regions_to_labels(masks, regions)]

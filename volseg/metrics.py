@@ -40,15 +40,17 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou, compute_surface_dice
 
 from volseg.atomic import write_text
+from volseg.data.label_space import (  # noqa: F401 (defined there; old import paths)
+    BRATS_REGIONS_2021,
+    BRATS_REGIONS_2023,
+    brats_regions,
+)
 from volseg.errors import ConfigError, InputFileError, OutputExistsError, ShapeError
 from volseg.io import Volume, read_volume, same_grid
 from volseg.naming import case_id
 from volseg.postprocess import check_spacing
 
 logger = logging.getLogger(__name__)
-
-BRATS_REGIONS_2021: dict[str, list[int]] = {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}
-BRATS_REGIONS_2023: dict[str, list[int]] = {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
 
 #: Every metric of a structure, in report order.
 METRICS = ("dice", "iou", "hd95", "surface_dice", "volume_pred_ml", "volume_ref_ml", "tp", "fp", "fn")
@@ -66,18 +68,6 @@ class CaseResult:
     metrics: dict[str, dict[str, float]]
     prediction: Path | None = None
     reference: Path | None = None
-
-
-def brats_regions(label_values: Iterable[int]) -> dict[str, list[int]]:
-    """BraTS regions (WT, TC, ET) for the label convention seen in ``label_values``:
-    4 present -> :data:`BRATS_REGIONS_2021`, else 3 present -> :data:`BRATS_REGIONS_2023`,
-    else (neither, ambiguous) 2021."""
-    values = {int(v) for v in label_values}
-    if 3 in values and 4 in values:
-        logger.warning("label values %s hold both 3 and 4; using the BraTS 2021 regions "
-                       "(enhancing tumour = 4)", sorted(values))
-    chosen = BRATS_REGIONS_2023 if 3 in values and 4 not in values else BRATS_REGIONS_2021
-    return {name: list(vals) for name, vals in chosen.items()}
 
 
 def label_structures(labels: Iterable[int]) -> dict[str, list[int]]:

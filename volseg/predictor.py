@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from volseg.bundled import resolve_model
-from volseg.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+from volseg.checkpoint import checkpoint_config, checkpoint_label_space, load_checkpoint, model_from_checkpoint
 from volseg.class_maps import RunningDecision, class_chunk, entropy_terms, normalised_entropy, probability_chunks
 from volseg.config import Config
-from volseg.data.labels import class_indices_to_labels, regions_to_labels
+from volseg.data.label_space import LabelSpace
 from volseg.data.transforms import inference_transforms, invert_to_input
 from volseg.distributed import resolve_device
 from volseg.errors import ConfigError, ShapeError, choice_error
@@ -77,6 +77,8 @@ class Predictor:
         mask_nonzero: background wherever every input channel is 0 (default: the checkpoint's
             ``inference.mask_nonzero``; off for checkpoints that predate it).
         progress: ``progress(done_windows, total_windows)`` for each case.
+        label_space: what the outputs mean (default: from ``config``; :meth:`from_checkpoint` passes
+            the checkpoint's).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class Predictor:
         cudnn_benchmark: bool | None = None,
         mask_nonzero: bool | None = None,
         progress: Callable[[int, int], None] | None = None,
+        label_space: LabelSpace | None = None,
     ) -> None:
         self.config = config
         self.device = resolve_device(device)
@@ -112,8 +115,9 @@ class Predictor:
             raise choice_error("autocast", self.autocast, ("auto", "fp16", "bf16"))
         self.cudnn_benchmark = cudnn_benchmark
         self.progress = progress
-        self.regions = dict(config.data.regions) if config.data.regions else None
-        self.labels = dict(config.data.labels)
+        self.label_space = label_space or LabelSpace.from_config(config)
+        self.regions = self.label_space.regions
+        self.labels = self.label_space.labels
         self.mask_nonzero = inference.mask_nonzero if mask_nonzero is None else bool(mask_nonzero)
         if self.mask_nonzero and self.regions is None and 0 not in self.labels:
             raise ConfigError(f"mask_nonzero needs label 0 (background) in data.labels; got labels "
@@ -124,6 +128,7 @@ class Predictor:
     def from_checkpoint(cls, path_or_name: str | Path, **options: Any) -> Predictor:
         """A predictor from a checkpoint file or the name of a bundled model (``hippocampus``)."""
         checkpoint = load_checkpoint(resolve_model(path_or_name))
+        options.setdefault("label_space", checkpoint_label_space(checkpoint))
         return cls(model_from_checkpoint(checkpoint), checkpoint_config(checkpoint), **options)
 
     @property
@@ -133,7 +138,7 @@ class Predictor:
     @property
     def label_names(self) -> dict[int, str]:
         """Written label value -> name (regions are written as the dataset's label values)."""
-        return {value: name for value, name in self.labels.items() if value != 0}
+        return self.label_space.label_names
 
     def predict_file(self, input_path: str | Path, output_path: str | Path, **options: Any) -> Path:
         """Segment one case (a file, BraTS case folder or DICOM series) into ``output_path``.
@@ -242,7 +247,8 @@ class Predictor:
         return mean, (squares / len(flips) - mean.square()).clamp_min(0)
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits) if self.regions is not None else torch.softmax(logits, dim=0)
+        """Logits (K, *S) -> probabilities (K, *S), by the label space's activation."""
+        return self.label_space.activate(logits, dim=0)
 
     def _outputs_on_input_grid(
         self, scores: torch.Tensor, data: dict[str, Any], *, activated: bool, probabilities: bool, entropy: bool
@@ -278,11 +284,7 @@ class Predictor:
         decided = decision.result()
         if not resampled:
             decided = invert_to_input(decided, data, mode="nearest").as_tensor()
-        decided = decided.cpu().numpy()
-        if regions:
-            labels = regions_to_labels(decided, self.regions)
-        else:
-            labels = class_indices_to_labels(decided, sorted(self.labels))
+        labels = self.label_space.decode(decided.cpu().numpy())  # (R, *S) masks or (*S) class indices
         if entropy_sum is not None:
             entropy_sum = normalised_entropy(entropy_sum, count, regions).cpu().numpy().astype(np.float32)
         return labels, probs, entropy_sum

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from volseg.config import Config
-from volseg.data.labels import label_spec
+from volseg.data.label_space import LabelSpace
 from volseg.data.transforms import inference_transforms, training_transforms
 from volseg.errors import ConfigError
 from volseg.losses import loss_from_config
@@ -22,7 +22,7 @@ from volseg.nn import create_model
 
 def output_channels(config: Config) -> int:
     """Network outputs: one per region (sigmoid) or one per label (softmax)."""
-    return len(config.data.regions) if config.data.regions else len(config.data.labels)
+    return LabelSpace.from_config(config).num_outputs
 
 
 def check_training_config(config: Config) -> None:
@@ -30,15 +30,15 @@ def check_training_config(config: Config) -> None:
     if not config.data.regions and not any(value != 0 for value in config.data.labels):
         raise ConfigError(f"data.labels={dict(config.data.labels)} has no foreground label; give every label value "
                           "and its name, e.g. {0: background, 1: tumour} (volseg plan writes them)")
-    label_spec(config.data.labels, config.data.regions)
-    activation = "sigmoid" if config.data.regions else "softmax"
-    loss_from_config(config.loss, activation=activation, num_outputs=output_channels(config))
+    space = LabelSpace.from_config(config)
+    space.check()
+    loss_from_config(config.loss, activation=space.activation, num_outputs=space.num_outputs)
     training_transforms(config)
     inference_transforms(config.preprocessing)
     with torch.device("meta"):
         try:
             network = create_model(config.network.name, config.network.spatial_dims, max(len(config.data.channels), 1),
-                                   output_channels(config), **config.network.options)
+                                   space.num_outputs, **config.network.options)
         except TypeError as error:  # an unknown or missing constructor argument
             raise ConfigError(f"network.options do not fit network {config.network.name!r}: {error}") from None
     for key, shape in (("sampling.patch_size", config.sampling.patch_size),

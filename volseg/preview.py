@@ -33,14 +33,12 @@ from typing import Any
 import numpy as np
 
 from volseg.atomic import atomic_target
+from volseg.data.label_space import OKABE_ITO, label_colour  # noqa: F401 (OKABE_ITO: old import path)
 from volseg.errors import ConfigError, OutputExistsError, ShapeError
 from volseg.postprocess import as_label_array, check_spacing, connected_components, to_numpy
 
 logger = logging.getLogger(__name__)
 
-#: Okabe & Ito's colour-blind-safe colours (without black); label ``v`` gets
-#: ``PALETTE[(v - 1) % len(PALETTE)]``; past them, matplotlib's tab20 continues the cycle.
-OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7")
 OVERLAY_ALPHA = 0.45
 MAX_LEGEND_ENTRIES = 24
 
@@ -50,19 +48,6 @@ _VIEWS_3D = (
     ("coronal", 1, 0, 2, ("L", "R", "I", "S")),
     ("sagittal", 0, 1, 2, ("P", "A", "I", "S")),
 )
-
-
-def _palette() -> list[tuple[float, float, float]]:
-    from matplotlib import colormaps
-    from matplotlib.colors import to_rgb
-
-    return [to_rgb(c) for c in OKABE_ITO] + [tuple(c[:3]) for c in colormaps["tab20"].colors]
-
-
-def label_colour(value: int) -> tuple[float, float, float]:
-    """The RGB colour (0..1) of label ``value`` in previews (a fixed cycle; 0 has none)."""
-    palette = _palette()
-    return palette[(int(value) - 1) % len(palette)]
 
 
 def preview_slices(labels: np.ndarray) -> tuple[int, ...]:

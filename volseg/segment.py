@@ -141,8 +141,9 @@ def segment_case(predictor: Predictor, case: PredictionInput, labels_path: Path,
     prediction = predictor.predict_volumes(
         channels, case_id=case.case_id, probabilities=options.probabilities, uncertainty=options.uncertainty
     )
-    labels = postprocess(prediction.labels, prediction, options, predictor.regions)
-    labels = to_brats_convention(labels, predictor, case.brats_convention)
+    space = predictor.label_space
+    labels = postprocess(prediction.labels, prediction, options, space.regions)
+    labels = space.to_convention(labels, case.brats_convention)
     reference, side = prediction.reference, output_paths(labels_path)
     # Side outputs may be left from an interrupted run of this (unfinished) case: replace them,
     # and delete the temporary files a kill left while writing them.
@@ -155,7 +156,7 @@ def segment_case(predictor: Predictor, case: PredictionInput, labels_path: Path,
         write_volume(side["uncertainty"], prediction.uncertainty, reference, overwrite=True)
     statistics = None
     if options.stats:
-        names = _names_in_convention(predictor, case.brats_convention)
+        names = space.names_in(case.brats_convention)
         statistics = label_statistics(labels, spacing=reference.spacing, label_names=names)
         if nonfinite is not None:  # the replacement, recorded with the statistics
             statistics = [{**row, "input_nonfinite": nonfinite} for row in statistics]
@@ -163,7 +164,7 @@ def segment_case(predictor: Predictor, case: PredictionInput, labels_path: Path,
     if options.preview:
         image, label_view, spacing = ras_views(reference.channels_first()[0], labels, reference.affine)
         render_preview(image, label_view, spacing=spacing, path=side["preview"],
-                       label_names=_names_in_convention(predictor, case.brats_convention), title=case.case_id,
+                       label_names=space.names_in(case.brats_convention), title=case.case_id,
                        overwrite=True)
     write_volume(labels_path, labels, reference, overwrite=True)
     logger.debug("%s: %.2f s", case.case_id, prediction.seconds)
@@ -214,26 +215,17 @@ def postprocess(labels: np.ndarray, prediction: Prediction, options: OutputOptio
 
 
 def brats_value_map(predictor: Predictor, convention: str | None) -> dict[int, int]:
-    """The relabelling that writes a BraTS case in its own convention: enhancing tumour is 4
-    (2018-2021) or 3 (2023+); empty when the model already uses the case's convention."""
-    values = set(predictor.labels)
-    if convention == "brats2023" and 4 in values and 3 not in values:
-        return {4: 3}
-    if convention == "brats2021" and 3 in values and 4 not in values:
-        return {3: 4}
-    return {}
+    """The relabelling that writes a BraTS case in its own convention (:meth:`LabelSpace.convention_map`)."""
+    return predictor.label_space.convention_map(convention)
 
 
 def to_brats_convention(labels: np.ndarray, predictor: Predictor, convention: str | None) -> np.ndarray:
-    """``labels`` (*S) relabelled by :func:`brats_value_map`."""
-    for old, new in brats_value_map(predictor, convention).items():
-        labels = np.where(labels == old, new, labels).astype(labels.dtype)
-    return labels
+    """``labels`` (*S) in the BraTS ``convention`` of the case (:meth:`LabelSpace.to_convention`)."""
+    return predictor.label_space.to_convention(labels, convention)
 
 
 def _names_in_convention(predictor: Predictor, convention: str | None) -> dict[int, str]:
-    mapping = brats_value_map(predictor, convention)
-    return {mapping.get(value, value): name for value, name in predictor.label_names.items()}
+    return predictor.label_space.names_in(convention)
 
 
 def ras_views(image: np.ndarray, labels: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:

@@ -33,6 +33,7 @@ from volseg.atomic import remove_stale_temporaries, write_text
 from volseg.checkpoint import build_checkpoint, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from volseg.config import Config, dump_config
 from volseg.data.datasets import find_cases
+from volseg.data.label_space import LabelSpace
 from volseg.data.loader import resolve_num_workers, seed_for, training_loader
 from volseg.data.splits import carve_validation, load_folds, make_folds, save_folds, split_for_fold
 from volseg.data.transforms import items_from_cases, make_dataset, training_transforms, validation_transforms
@@ -162,8 +163,9 @@ class Trainer:
         )
         in_channels = len(config.data.channels) or 1
         self.network = build_network(config, in_channels).to(self.context.device)
-        activation = "sigmoid" if config.data.regions else "softmax"
-        self.loss = loss_from_config(config.loss, activation=activation, num_outputs=output_channels(config))
+        self.label_space = LabelSpace.from_config(config)
+        self.loss = loss_from_config(config.loss, activation=self.label_space.activation,
+                                     num_outputs=self.label_space.num_outputs)
         # Frozen, so DDP waits for no gradient the loss never sends; they stay in the state dict.
         untrained = untrained_parameters(config, in_channels, self.loss)
         for name in untrained:

@@ -9,6 +9,7 @@ import torch
 from monai.metrics import compute_dice
 
 from volseg.config import Config
+from volseg.data.label_space import LabelSpace
 from volseg.distributed import DistributedContext, all_reduce_sum
 from volseg.inference import sliding_window_inference
 
@@ -32,9 +33,8 @@ def target_masks(label: torch.Tensor, num_outputs: int, regions: bool) -> torch.
 
 def structure_names(config: Config) -> list[str]:
     """Names of the validated structures: the regions, or the labels without background."""
-    if config.data.regions:
-        return list(config.data.regions)
-    return [config.data.labels[value] for value in sorted(config.data.labels)][1:]
+    space = LabelSpace.from_config(config)
+    return space.output_names if space.regions else space.output_names[1:]
 
 
 def validate(
@@ -49,7 +49,7 @@ def validate(
     A structure empty in both the reference and the prediction of a case counts as Dice 1;
     empty in only one of them as 0.
     """
-    regions = bool(config.data.regions)
+    regions = LabelSpace.from_config(config).activation == "sigmoid"
     names = structure_names(config)
     roi = config.inference.roi_size or config.sampling.patch_size
     totals = torch.zeros(len(names), dtype=torch.float64)
