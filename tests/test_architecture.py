@@ -19,7 +19,7 @@ LAYERS = [
     ["nn"],
     ["data", "losses", "metrics", "postprocess", "preview"],
     ["checkpoint", "bundled", "fast_layers", "window_batch", "inference", "class_maps", "export", "preflight"],
-    ["predictor", "predict_inputs", "segment", "distributed", "optim", "run_log", "validation", "training"],
+    ["predictor", "predict_inputs", "segment", "sharding", "distributed", "optim", "run_log", "validation", "training"],
     ["crossval", "evaluation"],
     ["cli", "__main__", "__init__"],
 ]

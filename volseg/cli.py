@@ -166,6 +166,9 @@ def check_outputs_free(paths: Sequence[Path], overwrite: bool) -> None:
 
 def predict_command(args: argparse.Namespace) -> int:
     _check_predict_options(args)  # argument errors before torch and MONAI are imported
+    from volseg.sharding import parse_shard
+
+    shard = parse_shard(args.shard) if args.shard else None
     if not Path(args.input).exists():
         raise InputFileError(f"{args.input}: no such file or folder")
     from volseg.postprocess import format_statistics
@@ -209,7 +212,7 @@ def predict_command(args: argparse.Namespace) -> int:
             tqdm.write(format_statistics(outcome.statistics), file=sys.stdout)
 
     try:
-        outcomes = segment(predictor, args.input, args.output, options, on_case=report)
+        outcomes = segment(predictor, args.input, args.output, options, on_case=report, shard=shard)
     finally:
         windows.close()
         cases.close()
@@ -407,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="refuse inputs with NaN/Inf voxels (default: replace them by 0, or the image minimum "
                          "for a CT model, with a warning)")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.add_argument("--shard", metavar="I/N",
+                         help="segment only shard I of N of a folder's cases (job arrays; balanced by size)")
     predict.set_defaults(handler=predict_command, runtime=True)
 
     evaluate = subcommands.add_parser("evaluate", parents=[common], help="compare predictions with reference labels")

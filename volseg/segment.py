@@ -111,15 +111,24 @@ def segment(
     options: OutputOptions | None = None,
     *,
     on_case: Callable[[CaseOutcome, int, int], None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> list[CaseOutcome]:
     """Segment every case under ``input_path`` into ``output`` (a file for one case, or a folder).
 
     With several cases, those whose label file exists are skipped unless ``overwrite``; a
-    single named output that exists is an error unless ``overwrite``.
+    single named output that exists is an error unless ``overwrite``. ``shard=(I, N)`` segments
+    only shard I of N of a folder's cases (:mod:`volseg.sharding`).
     """
     options = options or OutputOptions()
     inputs = find_inputs(input_path, channel_names=predictor.channel_names)
     pairs = plan_outputs(inputs, Path(output), options)
+    if shard is not None:
+        from volseg.sharding import select_shard
+
+        if len(inputs) == 1 and pairs[0][1] == Path(output):
+            raise ConfigError(f"--shard splits a folder of cases; {input_path} is one case")
+        chosen = {case.case_id for case in select_shard(inputs, shard)}
+        pairs = [(case, path) for case, path in pairs if case.case_id in chosen]
     if len(pairs) == 1 and pairs[0][1].exists() and not options.overwrite:
         raise OutputExistsError(f"{pairs[0][1]} exists; pass --overwrite to replace it")
     outcomes = []
