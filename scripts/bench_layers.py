@@ -1,4 +1,4 @@
-"""The layers volseg.fast_layers replaces, PyTorch's kernel vs volseg's stand-in, one run.
+"""The layers volseg.inference.fast_layers replaces, PyTorch's kernel vs volseg's stand-in, one run.
 
 For transposed convolutions (kernel 3, stride 2, the U-Net up-sampling layer) of several
 input/output channel counts, 2D and 3D, and for instance norm of several shapes: the median
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from volseg import runtime
-from volseg.fast_layers import SUBPIXEL_MAX_OUT_CHANNELS, SubpixelConvTranspose, TwoPassInstanceNorm
+from volseg.inference.fast_layers import SUBPIXEL_MAX_OUT_CHANNELS, SubpixelConvTranspose, TwoPassInstanceNorm
 
 #: (spatial dims, batch, in channels, out channels, input size): the MONAI UNet's top layer
 #: (32 -> 3 at 48^3, 4 windows) and neighbours, then 2D slices.

@@ -31,7 +31,7 @@ import torch
 from volseg import runtime
 from volseg.checkpoint import build_checkpoint, save_checkpoint
 from volseg.config import load_config
-from volseg.predictor import Predictor
+from volseg.inference.predictor import Predictor
 from volseg.training import build_network
 
 REPOSITORY = Path(__file__).resolve().parents[1]

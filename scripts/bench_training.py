@@ -68,9 +68,9 @@ from torch.utils.data import RandomSampler
 
 from volseg import runtime
 from volseg.config import Config, load_config
-from volseg.optim import build_optimizer
 from volseg.runtime import training_flags
 from volseg.training import Trainer, output_channels
+from volseg.training.optim import build_optimizer
 
 Samples = list[tuple[float, float]]  # (step seconds, data-wait seconds) per step
 Block = Callable[[int, int], Samples]  # (round, steps) -> samples

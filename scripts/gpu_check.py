@@ -52,7 +52,7 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # volseg, and gpu_check_data 
 from gpu_check_data import synthetic_batch, write_brats_cases  # noqa: E402
 
 from volseg.config import Config, load_config  # noqa: E402
-from volseg.distributed import DistributedContext  # noqa: E402
+from volseg.training.distributed import DistributedContext  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -324,9 +324,9 @@ def row_window(check: Check, autocast: str | None) -> str:
 
 def row_peak_memory(check: Check) -> str:
     from volseg.config import config_from_dict
+    from volseg.inference.predictor import Predictor
     from volseg.io import Volume
     from volseg.nn import SegmentationNetwork
-    from volseg.predictor import Predictor
 
     class Pointwise(SegmentationNetwork):
         def __init__(self) -> None:

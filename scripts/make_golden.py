@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 
 from volseg.bundled import bundled_models, bundled_sample
+from volseg.inference.predictor import Predictor
 from volseg.io import read_volume, write_volume
-from volseg.predictor import Predictor
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden"
 

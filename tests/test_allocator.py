@@ -40,7 +40,9 @@ def test_tuned_allocator_reuses_freed_blocks_instead_of_faulting_them_in_again()
     assert applied and not untouched
     pages = 64 * 2**20 // 4096
     assert plain_faults > 10 * pages  # every 64 MiB block mapped and faulted in anew
-    assert tuned_faults < plain_faults / 3  # faulted in once and reused (give or take the kernel's reclaim)
+    # Faulted in once and reused, give or take the kernel: more than 3x fewer faults on an idle
+    # machine, 2.5-2.9x while two training processes ran (2026-12-01); 2x is the bound.
+    assert tuned_faults < plain_faults / 2
 
 
 def test_tuning_is_applied_once_and_remembered(monkeypatch):

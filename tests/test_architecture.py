@@ -11,16 +11,20 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "volseg"
 
-#: Lowest first. A module may import its own layer's modules and lower layers' only.
+#: Lowest first. A module may import its own layer's modules and lower layers' only. Packages
+#: (io, nn, data, inference, training) are one name each: all their modules share its layer.
+#: fast_layers and evaluation are the old import paths of inference.fast_layers and
+#: training.evaluation (aliases kept for one release).
 LAYERS = [
-    ["_version", "errors", "lazy", "naming", "atomic", "allocator"],
+    ["_version", "errors", "lazy", "allocator"],
+    ["io"],
     ["config", "runtime"],
-    ["volume", "formats", "io"],
     ["nn"],
-    ["data", "losses", "metrics", "postprocess", "preview"],
-    ["checkpoint", "bundled", "fast_layers", "window_batch", "inference", "class_maps", "export", "preflight"],
-    ["predictor", "predict_inputs", "segment", "sharding", "distributed", "optim", "run_log", "validation", "training"],
-    ["crossval", "evaluation"],
+    ["data", "losses"],
+    ["checkpoint", "bundled"],
+    ["inference", "fast_layers"],
+    ["metrics", "export"],
+    ["training", "evaluation"],
     ["cli", "__main__", "__init__"],
 ]
 
@@ -37,7 +41,7 @@ def _imports(tree: ast.AST) -> set[str]:
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             return
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "volseg":
-            if node.module != "volseg":  # "from volseg import formats" imports volseg.formats, not the top
+            if node.module != "volseg":  # "from volseg import io" imports volseg.io, not the top
                 found.add(node.module)
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):

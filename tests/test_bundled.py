@@ -11,9 +11,9 @@ from volseg.bundled import bundled_models, bundled_sample, resolve_model
 from volseg.checkpoint import load_checkpoint
 from volseg.cli import main
 from volseg.errors import InputFileError
+from volseg.inference.predictor import Predictor
 from volseg.io import read_volume
 from volseg.metrics import evaluate_case
-from volseg.predictor import Predictor
 
 
 def sample_files():

@@ -8,12 +8,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from volseg import class_maps
-from volseg.class_maps import RunningDecision, class_chunk, log_normaliser, probability_chunks
 from volseg.config import config_from_dict
+from volseg.inference import class_maps
+from volseg.inference.class_maps import RunningDecision, class_chunk, log_normaliser, probability_chunks
+from volseg.inference.predictor import Predictor
 from volseg.io import Volume
 from volseg.nn import SegmentationNetwork
-from volseg.predictor import Predictor
 
 CPU = torch.device("cpu")
 
@@ -101,7 +101,7 @@ def test_a_hundred_classes_never_need_every_class_map_at_once(monkeypatch):
     scores, _ = predictor._scores(data["image"].as_tensor()[None].float(), False)
     voxels = scores[0].numel() + 24 * 20 * 18  # the preprocessed and the input grid
     free = int(10 * class_maps.MAPS_PER_CLASS * 4 * voxels / class_maps.CHUNK_FRACTION)  # 10 classes' maps fit
-    monkeypatch.setattr("volseg.predictor.free_memory", lambda device: free)
+    monkeypatch.setattr("volseg.inference.predictor.free_memory", lambda device: free)
     chunks = []
 
     def recorded(*args, **kwargs):
@@ -109,7 +109,7 @@ def test_a_hundred_classes_never_need_every_class_map_at_once(monkeypatch):
             chunks.append(maps.shape[0])
             yield classes, maps
 
-    monkeypatch.setattr("volseg.predictor.probability_chunks", recorded)
+    monkeypatch.setattr("volseg.inference.predictor.probability_chunks", recorded)
     with LargestTensor() as meter:
         labels, probabilities, entropy = predictor._outputs_on_input_grid(scores, data, activated=False,
                                                                           probabilities=True, entropy=True)

@@ -16,9 +16,9 @@ import torch.multiprocessing as mp
 from test_training import PoisonedLoss
 
 from volseg.config import config_from_dict
-from volseg.distributed import init_distributed, resolve_device
 from volseg.errors import TrainingError
 from volseg.training import Trainer
+from volseg.training.distributed import init_distributed, resolve_device
 
 pytestmark = pytest.mark.slow  # gloo process groups: 15-30 s a test
 

@@ -12,12 +12,12 @@ import pytest
 from test_training import tiny_config
 
 from volseg.cli import main
-from volseg.crossval import SPLITS_FINAL, train_all_folds
 from volseg.data.splits import carve_validation, load_folds, make_folds, save_folds, validation_count
 from volseg.errors import ConfigError, InputFileError, OutputExistsError
-from volseg.evaluation import evaluate_run
 from volseg.metrics import confidence_interval, summarise
 from volseg.training import Trainer, train
+from volseg.training.crossval import SPLITS_FINAL, train_all_folds
+from volseg.training.evaluation import evaluate_run
 
 IDS = [f"case_{i:03d}" for i in range(20)]
 

@@ -1,4 +1,4 @@
-"""The CPU stand-ins of volseg.fast_layers compute what the layers they replace compute."""
+"""The CPU stand-ins of volseg.inference.fast_layers compute what the layers they replace compute."""
 
 import itertools
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from volseg.fast_layers import SubpixelConvTranspose, TwoPassInstanceNorm, with_fast_layers
 from volseg.inference import sliding_window_inference
+from volseg.inference.fast_layers import SubpixelConvTranspose, TwoPassInstanceNorm, with_fast_layers
 
 TRANSPOSED = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 NORMS = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
@@ -160,7 +160,7 @@ def test_hooks_are_shared_and_observed_layers_kept():
 
 
 def test_activation_meter_counts_stand_ins_as_layers():
-    from volseg.window_batch import ActivationMeter
+    from volseg.inference.window_batch import ActivationMeter
 
     network = nn.Sequential(nn.ConvTranspose3d(4, 2, 2, stride=2)).eval()
     fast = with_fast_layers(network)

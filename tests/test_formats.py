@@ -1,4 +1,4 @@
-"""Every volume format of volseg.naming: read with its geometry, written back on its own grid,
+"""Every volume format of volseg.io.naming: read with its geometry, written back on its own grid,
 refused in one line when it is no volume; the NaN/Inf policy of ``volseg predict``."""
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from volseg import naming
 from volseg.cli import main
 from volseg.errors import InputFileError
-from volseg.io import Volume, fill_nonfinite, read_volume, write_volume
-from volseg.predict_inputs import find_inputs
+from volseg.inference.inputs import find_inputs
+from volseg.io import Volume, fill_nonfinite, naming, read_volume, write_volume
 
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 SHAPE = (12, 10, 8)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from volseg.bundled import bundled_models, bundled_sample
+from volseg.inference.predictor import Predictor
 from volseg.io import read_volume
-from volseg.predictor import Predictor
 
 GOLDEN = Path(__file__).parent / "golden"
 

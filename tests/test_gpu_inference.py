@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from volseg import window_batch
-from volseg.class_maps import RunningDecision
 from volseg.config import config_from_dict
-from volseg.inference import sliding_window_inference
+from volseg.inference import sliding_window_inference, window_batch
+from volseg.inference.class_maps import RunningDecision
+from volseg.inference.predictor import Predictor
+from volseg.inference.window_batch import ActivationMeter
 from volseg.io import Volume
 from volseg.nn import SegmentationNetwork, create_model
-from volseg.predictor import Predictor
-from volseg.window_batch import ActivationMeter
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
@@ -46,7 +45,7 @@ def test_auto_batch_warms_up_then_measures_and_leaves_the_callers_peak(monkeypat
     network, image = small_unet().to(CUDA), torch.randn(1, 1, 48, 48, 48, device=CUDA)
     windows_left = []
     real = window_batch.window_batch_size
-    monkeypatch.setattr("volseg.inference.window_batch_size",
+    monkeypatch.setattr("volseg.inference.sliding_window.window_batch_size",
                         lambda *args, **kwargs: windows_left.append(kwargs["windows"]) or real(*args, **kwargs))
     big = torch.empty(256 * 2**20, dtype=torch.uint8, device=CUDA)  # the caller's own peak, 256 MiB above now
     del big
@@ -93,7 +92,7 @@ def test_labels_are_decided_on_the_gpu_and_match_the_cpu(monkeypatch, spacing):
     image = Volume(blocks.astype(np.float32), np.diag([0.8, 0.8, 3.0, 1.0]))
     devices = []
     real_add = RunningDecision.add
-    monkeypatch.setattr("volseg.class_maps.RunningDecision.add",
+    monkeypatch.setattr("volseg.inference.class_maps.RunningDecision.add",
                         lambda self, start, maps: devices.append(maps.device.type) or real_add(self, start, maps))
     gpu = Predictor(ThresholdNet(), config, device="cuda", mask_nonzero=False)
     gpu = gpu.predict_volumes([image], probabilities=True)

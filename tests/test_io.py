@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import volseg.atomic
+import volseg.io.atomic
 from volseg import io as vio
 from volseg.errors import ConfigError, InputFileError, OutputError, OutputExistsError, ShapeError
 from volseg.io import (
@@ -465,7 +465,7 @@ def test_failed_rename_removes_temp(tmp_path, monkeypatch):
     def no_replace(src, dst):
         raise PermissionError("read-only")
 
-    monkeypatch.setattr(volseg.atomic.os, "replace", no_replace)
+    monkeypatch.setattr(volseg.io.atomic.os, "replace", no_replace)
     with pytest.raises(OutputError, match="cannot write .*x.nii.*read-only"):
         write_volume(tmp_path / "x.nii", np.zeros((2, 2, 2), np.uint8), np.eye(4))
     assert list(tmp_path.iterdir()) == []

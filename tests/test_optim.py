@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from volseg.config import OptimizerConfig, ScheduleConfig
-from volseg.optim import LearningRateSchedule, build_optimizer
+from volseg.training.optim import LearningRateSchedule, build_optimizer
 
 
 def test_poly_cosine_and_warmup_by_hand():

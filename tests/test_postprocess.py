@@ -1,4 +1,4 @@
-"""Tests of volseg.postprocess on hand-made label maps with blobs of known sizes."""
+"""Tests of volseg.inference.postprocess on hand-made label maps with blobs of known sizes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from volseg.errors import ConfigError, OutputExistsError, ShapeError
-from volseg.postprocess import (
+from volseg.inference.postprocess import (
     STATISTICS_KEYS,
     connected_components,
     format_statistics,
@@ -304,9 +304,9 @@ def test_region_filters_keep_a_clean_map_and_other_values_unchanged():
 
 
 def test_segment_postprocess_acts_per_region_on_region_models():
+    from volseg.inference.predictor import Prediction
+    from volseg.inference.segment import OutputOptions, postprocess
     from volseg.io import Volume
-    from volseg.predictor import Prediction
-    from volseg.segment import OutputOptions, postprocess
 
     labels = brats_map()
     prediction = Prediction("case", labels, Volume(np.zeros(labels.shape, np.float32), np.eye(4)))

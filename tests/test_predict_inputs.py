@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from volseg.errors import InputFileError
-from volseg.predict_inputs import find_inputs
+from volseg.inference.inputs import find_inputs
 
 
 def touch_volume(path):

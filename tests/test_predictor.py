@@ -11,9 +11,9 @@ from volseg.checkpoint import build_checkpoint, save_checkpoint
 from volseg.cli import main
 from volseg.config import config_from_dict
 from volseg.errors import OutputExistsError, ShapeError
+from volseg.inference.predictor import Predictor
 from volseg.io import Volume, read_volume
 from volseg.nn import SegmentationNetwork, create_model
-from volseg.predictor import Predictor
 
 
 class ThresholdNet(SegmentationNetwork):
@@ -131,7 +131,7 @@ def test_folder_runs_skip_finished_cases_and_refuse_overwrites(tmp_path):
     assert sorted(p.name for p in outputs) == ["case0.nii.gz", "case1.nii.gz", "case2.nii.gz"]
     outputs[1].unlink()
     before = outputs[0].stat().st_mtime_ns
-    from volseg.segment import segment
+    from volseg.inference.segment import segment
 
     outcomes = segment(predictor, cases, tmp_path / "out")
     assert [o.skipped for o in outcomes] == [True, False, True] and outputs[0].stat().st_mtime_ns == before
@@ -163,7 +163,7 @@ def test_an_interrupted_case_with_side_outputs_is_redone(tmp_path):
     cases.mkdir()
     write_case(cases / "a.nii.gz", AFFINES["RAS"])
     predictor = Predictor(ThresholdNet(), config_for())
-    from volseg.segment import OutputOptions, segment
+    from volseg.inference.segment import OutputOptions, segment
 
     options = OutputOptions(stats=True, preview=True)
     first = segment(predictor, cases, tmp_path / "out", options)[0]
@@ -184,7 +184,7 @@ def test_dicom_series_in_nifti_out_on_its_grid(tmp_path, write_dicom_series):
 
 
 def test_brats_labels_and_their_names_follow_the_case_convention():
-    from volseg.segment import _names_in_convention, to_brats_convention
+    from volseg.inference.segment import _names_in_convention, to_brats_convention
 
     predictor = Predictor(ThresholdNet(), config_for(data={"labels": {0: "bg", 1: "core", 2: "edema", 4: "enhancing"}}))
     labels = np.array([0, 1, 2, 4], np.uint8)
@@ -198,7 +198,7 @@ def test_brats_labels_and_their_names_follow_the_case_convention():
 
 def test_read_case_keeps_channel_order_and_names_a_bad_file(tmp_path):
     from volseg.errors import InputFileError
-    from volseg.predictor import read_case
+    from volseg.inference.predictor import read_case
 
     paths = []
     for index in range(4):  # read in parallel threads: the order must still be the files'
@@ -288,7 +288,7 @@ def test_nonzero_mask_is_off_for_checkpoints_that_predate_it(tmp_path):
 def test_nonzero_mask_from_the_cli(tmp_path, monkeypatch):
     from volseg.errors import ConfigError
 
-    monkeypatch.setattr("volseg.predictor.model_from_checkpoint", lambda checkpoint: EverywhereNet())
+    monkeypatch.setattr("volseg.inference.predictor.model_from_checkpoint", lambda checkpoint: EverywhereNet())
     ball, _ = mri_like()
     nib.save(nib.Nifti1Image(ball, np.eye(4)), str(tmp_path / "in.nii.gz"))
     config = config_for(preprocessing={"intensity": "mri", "crop_foreground": False}, inference={"mask_nonzero": True})
@@ -305,7 +305,7 @@ def test_nonzero_mask_from_the_cli(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("bf16,expected", [(True, "bf16"), (False, "fp16")])
 def test_auto_precision_is_bf16_only_on_a_gpu_that_supports_it(monkeypatch, bf16, expected):
-    from volseg.predictor import default_autocast
+    from volseg.inference.predictor import default_autocast
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
     assert default_autocast(torch.device("cuda")) == expected

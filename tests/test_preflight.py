@@ -8,10 +8,10 @@ import pytest
 from test_training import tiny_config
 
 from volseg.config import load_config
-from volseg.crossval import train_all_folds
 from volseg.errors import ConfigError
-from volseg.preflight import check_training_config
 from volseg.training import Trainer
+from volseg.training.crossval import train_all_folds
+from volseg.training.preflight import check_training_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

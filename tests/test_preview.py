@@ -1,4 +1,4 @@
-"""Tests of volseg.preview: slice choice, aspect ratios and the PNG itself."""
+"""Tests of volseg.inference.preview: slice choice, aspect ratios and the PNG itself."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from matplotlib.image import imread
 
 from volseg.errors import ConfigError, OutputExistsError, ShapeError
-from volseg.preview import label_colour, preview_aspects, preview_slices, render_preview
+from volseg.inference.preview import label_colour, preview_aspects, preview_slices, render_preview
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -21,7 +21,7 @@ network = create_model("unet", 3, 1, 2, features=[4, 8]).eval()
 before = runtime.describe()
 with torch.no_grad():
     sliding_window_inference(network, torch.rand(1, 1, 12, 12, 12), (8, 8, 8))
-from volseg.run_log import RunLog
+from volseg.training.run_log import RunLog
 import tempfile
 import pathlib
 log = RunLog(pathlib.Path(tempfile.mkdtemp()), tensorboard=False)

@@ -8,7 +8,7 @@ import pytest
 
 from volseg.cli import main
 from volseg.errors import ConfigError
-from volseg.sharding import parse_shard, shard_of
+from volseg.inference.sharding import parse_shard, shard_of
 
 
 @pytest.mark.parametrize(("text", "expected"), [("0/4", (0, 4)), ("3/4", (3, 4)), (" 0/1 ", (0, 1))])

@@ -17,14 +17,14 @@ from monai.data import Dataset
 from monai.transforms import Compose, RandomizableTransform
 
 import volseg.data.loader as loader_module
-import volseg.training as training_module
+import volseg.training.trainer as training_module
 from volseg.checkpoint import capture_rng_state, load_checkpoint, model_from_checkpoint, restore_rng_state
 from volseg.cli import main
 from volseg.config import config_from_dict, dump_config
 from volseg.data.loader import resolve_num_workers, seed_for, training_loader
-from volseg.distributed import DistributedContext
 from volseg.errors import ConfigError, OutputExistsError, TrainingError
 from volseg.training import Trainer, resolve_precision, train
+from volseg.training.distributed import DistributedContext
 
 AUGMENTATIONS = [
     "flip", "rotate90", "affine", "elastic", "noise", "blur", "brightness", "contrast", "gamma", "low_resolution"
@@ -202,7 +202,7 @@ def test_steps_with_an_inf_or_nan_loss_are_skipped_counted_and_logged(tmp_path, 
     config = tiny_config(dataset, training={"epochs": 1, "iterations_per_epoch": 3, "max_nonfinite_steps": 2})
     trainer = Trainer(config, tmp_path / "run")
     trainer.loss = PoisonedLoss(trainer.loss, {0: math.inf, 2: math.nan})  # never 2 in a row
-    with caplog.at_level(logging.WARNING, logger="volseg.training"):
+    with caplog.at_level(logging.WARNING, logger="volseg.training.trainer"):
         result = trainer.fit()
     row = result.history[0]
     assert row["skipped_steps"] == 2 and math.isfinite(row["train_loss"])
@@ -314,7 +314,7 @@ def test_a_run_builds_one_loader_frees_it_and_restores_the_determinism_flags(tmp
 def test_memory_cache_under_ddp_logs_that_each_rank_holds_a_copy(tmp_path, dataset, monkeypatch, caplog):
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda module, **options: module)
     two_ranks = DistributedContext(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
-    with caplog.at_level(logging.WARNING, logger="volseg.training"):
+    with caplog.at_level(logging.WARNING, logger="volseg.training.trainer"):
         Trainer(tiny_config(dataset, data={"cache": "disk"}), tmp_path / "disk", context=two_ranks)
         assert "data.cache" not in caplog.text
         Trainer(tiny_config(dataset, data={"cache": "memory"}), tmp_path / "memory", context=two_ranks)

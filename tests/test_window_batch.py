@@ -8,9 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from volseg import window_batch
-from volseg.inference import sliding_window_inference
-from volseg.window_batch import ActivationMeter, window_batch_size
+from volseg.inference import sliding_window_inference, window_batch
+from volseg.inference.window_batch import ActivationMeter, window_batch_size
 
 
 def two_layer_network() -> nn.Module:
@@ -37,7 +36,7 @@ def test_batch_is_what_fits_in_half_the_free_memory_within_the_limits(monkeypatc
 def test_auto_batches_give_the_same_logits_as_fixed_batches(monkeypatch):
     sizes = []
     real = window_batch.window_batch_size
-    monkeypatch.setattr("volseg.inference.window_batch_size",
+    monkeypatch.setattr("volseg.inference.sliding_window.window_batch_size",
                         lambda *args, **kwargs: sizes.append(real(*args, **kwargs)) or sizes[-1])
     network = two_layer_network()
     image = torch.randn(1, 2, 20, 20, 20, generator=torch.Generator().manual_seed(0))
@@ -102,9 +101,9 @@ def test_half_the_free_memory_also_bounds_the_accumulation():
 def test_batch_is_sized_after_the_accumulation_buffer_exists_and_counts_the_logit_copies(monkeypatch):
     events = []
     real_device, real_size = window_batch.accumulation_device, window_batch.window_batch_size
-    monkeypatch.setattr("volseg.inference.accumulation_device",
+    monkeypatch.setattr("volseg.inference.sliding_window.accumulation_device",
                         lambda *args, **kwargs: events.append("buffer") or real_device(*args, **kwargs))
-    monkeypatch.setattr("volseg.inference.window_batch_size",
+    monkeypatch.setattr("volseg.inference.sliding_window.window_batch_size",
                         lambda cost, *args, **kwargs: events.append(("sized", cost, kwargs))
                         or real_size(cost, *args, **kwargs))
     network = two_layer_network()

@@ -11,9 +11,6 @@ not import torch (``tests/test_startup.py``).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from volseg._version import __version__
 from volseg.errors import (
     CheckpointError,
@@ -25,14 +22,15 @@ from volseg.errors import (
     TrainingError,
     VolsegError,
 )
+from volseg.lazy import lazy_attributes
 
 _LAZY = {
     "SegmentationNetwork": "volseg.nn",
     "create_model": "volseg.nn",
     "list_models": "volseg.nn",
-    "Predictor": "volseg.predictor",
-    "sliding_window_inference": "volseg.inference",
-    "train": "volseg.training",
+    "Predictor": "volseg.inference.predictor",
+    "sliding_window_inference": "volseg.inference.sliding_window",
+    "train": "volseg.training.trainer",
     "load_config": "volseg.config",
 }
 
@@ -49,8 +47,4 @@ __all__ = [
     *_LAZY,
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'volseg' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -34,10 +34,10 @@ import torch
 from torch import nn
 
 from volseg._version import __version__
-from volseg.atomic import atomic_target
 from volseg.config import Config, config_from_dict, config_to_dict
 from volseg.data.label_space import LabelSpace
 from volseg.errors import CheckpointError, InputFileError, VolsegError
+from volseg.io.atomic import atomic_target
 from volseg.nn import SegmentationNetwork, create_model
 
 FORMAT = "volseg-checkpoint"

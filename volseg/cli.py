@@ -56,9 +56,9 @@ def models_command(args: argparse.Namespace) -> int:
 
 
 def plan_command(args: argparse.Namespace) -> int:
-    from volseg.atomic import write_text
     from volseg.config import dump_config
     from volseg.data.planner import plan_dataset, plan_summary
+    from volseg.io.atomic import write_text
 
     outputs = [Path(p) for p in (args.output, args.fingerprint) if p is not None]
     check_outputs_free(outputs, args.overwrite)
@@ -101,7 +101,7 @@ def train_command(args: argparse.Namespace) -> int:
             config = load_config(run_dir / CONFIG_FILE, overrides)
         elif any(run_dir.glob(f"fold_*/{CONFIG_FILE}")):  # a cross-validation folder
             from volseg.config import apply_overrides, config_from_dict, config_to_dict
-            from volseg.crossval import resume_config
+            from volseg.training.crossval import resume_config
 
             config = config_from_dict(apply_overrides(config_to_dict(resume_config(run_dir)), overrides))
             all_folds = True
@@ -118,7 +118,7 @@ def train_command(args: argparse.Namespace) -> int:
                "progress_bar": None if args.quiet else functools.partial(tqdm, disable=_bars_off(args))}
     with logging_redirect_tqdm():  # per-epoch log lines print above the progress bar, not through it
         if all_folds:
-            from volseg.crossval import train_all_folds
+            from volseg.training.crossval import train_all_folds
 
             results = [r for r in train_all_folds(config, run_dir, **options) if r is not None]
         else:
@@ -140,7 +140,7 @@ def _fold_number(text: str) -> int:
 
 
 def evaluate_run_command(args: argparse.Namespace) -> int:
-    from volseg.evaluation import evaluate_run, format_summary
+    from volseg.training.evaluation import evaluate_run, format_summary
 
     def on_case(case_id: str, index: int, total: int) -> None:
         logger.info("case %d/%d: %s", index, total, case_id)
@@ -166,14 +166,14 @@ def check_outputs_free(paths: Sequence[Path], overwrite: bool) -> None:
 
 def predict_command(args: argparse.Namespace) -> int:
     _check_predict_options(args)  # argument errors before torch and MONAI are imported
-    from volseg.sharding import parse_shard
+    from volseg.inference.sharding import parse_shard
 
     shard = parse_shard(args.shard) if args.shard else None
     if not Path(args.input).exists():
         raise InputFileError(f"{args.input}: no such file or folder")
-    from volseg.postprocess import format_statistics
-    from volseg.predictor import Predictor
-    from volseg.segment import OutputOptions, segment
+    from volseg.inference.postprocess import format_statistics
+    from volseg.inference.predictor import Predictor
+    from volseg.inference.segment import OutputOptions, segment
 
     options = OutputOptions(
         overwrite=args.overwrite,

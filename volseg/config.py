@@ -19,8 +19,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from volseg.atomic import write_text
 from volseg.errors import ConfigError, InputFileError, closest_hint
+from volseg.io.atomic import write_text
 
 
 def _field(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - "help" reads best in the schema

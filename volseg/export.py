@@ -28,12 +28,12 @@ import numpy as np
 import torch
 
 from volseg._version import __version__
-from volseg.atomic import atomic_target, write_text
 from volseg.checkpoint import check_checkpoint, checkpoint_config, checkpoint_label_space, model_from_checkpoint
 from volseg.config import Config
 from volseg.data.label_space import LabelSpace
 from volseg.errors import CheckpointError, ConfigError, OutputError, OutputExistsError, ShapeError, VolsegError
-from volseg.inference import SIGMA_SCALE
+from volseg.inference.sliding_window import SIGMA_SCALE
+from volseg.io.atomic import atomic_target, write_text
 from volseg.nn import SegmentationNetwork
 from volseg.nn.registry import model_entry, to_json
 

@@ -39,16 +39,16 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou, compute_surface_dice
 
-from volseg.atomic import write_text
 from volseg.data.label_space import (  # noqa: F401 (defined there; old import paths)
     BRATS_REGIONS_2021,
     BRATS_REGIONS_2023,
     brats_regions,
 )
 from volseg.errors import ConfigError, InputFileError, OutputExistsError, ShapeError
+from volseg.inference.postprocess import check_spacing
 from volseg.io import Volume, read_volume, same_grid
-from volseg.naming import case_id
-from volseg.postprocess import check_spacing
+from volseg.io.atomic import write_text
+from volseg.io.naming import case_id
 
 logger = logging.getLogger(__name__)
 

@@ -12,18 +12,25 @@ by the CLI for every command that computes, by scripts, or by a user who calls :
 
 :func:`describe` reads what is in effect; ``volseg train`` records it in the run folder
 (``runtime.json``). matplotlib's global backend is never chosen by volseg: plots are drawn on
-private Agg canvases.
+private Agg canvases. :func:`resolve_device` turns a device preference (``auto``, ``cuda``,
+``cpu``) into the device that training and prediction both use.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from volseg import allocator
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,3 +92,17 @@ def training_flags(deterministic: bool) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
+
+
+def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU falls back to CPU with a warning.
+
+    GPU ``local_rank % device_count``: a node may run more processes than it has GPUs.
+    """
+    import torch
+
+    if preference in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if preference == "cuda":
+        logger.warning("training.device is cuda but no CUDA device is available; using the CPU")
+    return torch.device("cpu")

@@ -93,7 +93,7 @@ def test_check_refuses_regions_with_unknown_values():
 
 
 def test_colours_are_the_preview_colours():
-    from volseg.preview import label_colour
+    from volseg.inference.preview import label_colour
 
     assert LabelSpace(BRATS21).colours() == {v: label_colour(v) for v in (1, 2, 4)}
 

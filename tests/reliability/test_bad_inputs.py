@@ -290,9 +290,9 @@ def full_disk(c: Ctx) -> None:
         Path(tmp).write_bytes(b"\0" * 1000)  # a partial file, as a real full disk leaves
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    import volseg.formats
+    import volseg.io.formats
 
-    c.monkeypatch.setattr(volseg.formats, "_write_nifti", write_then_fail)
+    c.monkeypatch.setattr(volseg.io.formats, "_write_nifti", write_then_fail)
 
 
 def unreadable_input(c: Ctx) -> None:
@@ -849,7 +849,7 @@ def test_bad_input(name, builder, argv, expected, tmp_path, checkpoints, capsys,
 def test_the_predictor_refuses_what_the_cli_options_refuse(checkpoints, option, value):
     """Behind ``--batch`` and ``--overlap``: ``sw_batch_size=0`` is not "use the default"."""
     from volseg.errors import ConfigError
-    from volseg.predictor import Predictor
+    from volseg.inference.predictor import Predictor
 
     with pytest.raises(ConfigError, match=f"{option}={value!r} is not valid" if option == "sw_batch_size"
                        else f"{option}={value} is not valid"):

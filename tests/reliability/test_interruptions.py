@@ -31,12 +31,12 @@ import numpy as np
 import pytest
 import torch
 
-from volseg import training
 from volseg.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from volseg.cli import main
 from volseg.config import config_from_dict, dump_config
 from volseg.io import read_volume
 from volseg.nn import create_model
+from volseg.training import trainer as training
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 AUGMENTED = {"flip": {"prob": 0.5}, "noise": {"prob": 0.5}, "gamma": {"prob": 0.5}}
@@ -66,7 +66,7 @@ def volseg(*args: str) -> subprocess.Popen:
 #: temporary file), so that a kill "during a checkpoint write" lands there on any machine.
 SLOW_WRITES = """
 import sys, time
-import volseg.atomic as atomic
+import volseg.io.atomic as atomic
 fsync = atomic._fsync
 def slow(path):
     if path.name.endswith(".pt"):

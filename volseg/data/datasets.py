@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from volseg.errors import ConfigError, InputFileError, choice_error, closest_hint
-from volseg.naming import CHANNEL_SUFFIX as _CHANNEL_SUFFIX
-from volseg.naming import is_case_file, split_volume_name
+from volseg.io.naming import CHANNEL_SUFFIX as _CHANNEL_SUFFIX
+from volseg.io.naming import is_case_file, split_volume_name
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def _visible(folder: Path) -> list[Path]:
 
 def _volumes(folder: Path) -> list[tuple[str, Path]]:
     """``(stem, path)`` of every volume file in ``folder`` that is a case of its own (see
-    :func:`volseg.naming.is_case_file`; none if the folder does not exist)."""
+    :func:`volseg.io.naming.is_case_file`; none if the folder does not exist)."""
     return [(split_volume_name(p.name)[0], p) for p in _visible(folder) if p.is_file() and is_case_file(p.name)]
 
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from volseg.atomic import write_text
 from volseg.config import check_validation_cases
 from volseg.data.datasets import MAX_LISTED, read_json
 from volseg.errors import ConfigError, InputFileError
+from volseg.io.atomic import write_text
 
 
 def _sorted_ids(case_ids: Iterable[str]) -> list[str]:

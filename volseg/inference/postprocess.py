@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from volseg.atomic import write_text
 from volseg.errors import ConfigError, OutputExistsError, ShapeError
+from volseg.io.atomic import write_text
 from volseg.lazy import sitk  # SimpleITK, imported on first use
 
 logger = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from monai.metrics import compute_dice
 
 from volseg.config import Config
 from volseg.data.label_space import LabelSpace
-from volseg.distributed import DistributedContext, all_reduce_sum
-from volseg.inference import sliding_window_inference
+from volseg.inference.sliding_window import sliding_window_inference
+from volseg.training.distributed import DistributedContext, all_reduce_sum
 
 _AUTOCAST_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 

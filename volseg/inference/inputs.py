@@ -1,7 +1,7 @@
 """What ``volseg predict -i INPUT`` segments: find the cases in a file or folder.
 
 INPUT may be
-* a volume file (any format of :mod:`volseg.naming`): one case; several channels come from a 4D file;
+* a volume file (any format of :mod:`volseg.io.naming`): one case; several channels come from a 4D file;
   a single DICOM file reads its whole series when its folder holds the rest;
 * a DICOM series folder: one case;
 * a BraTS case folder (``<case>_{flair,t1,t1ce,t2}`` or ``<case>-{t2f,t1n,t1c,t2w}``): one case;
@@ -19,9 +19,9 @@ from pathlib import Path
 
 from volseg.data.datasets import BRATS2021_CHANNELS, BRATS2023_CHANNELS, BRATS2023_TO_2021, brats_case_files
 from volseg.errors import InputFileError
+from volseg.io.naming import CHANNEL_SUFFIX as _CHANNEL_SUFFIX
+from volseg.io.naming import is_case_file, is_derived, split_volume_name
 from volseg.lazy import sitk  # SimpleITK, imported on first use
-from volseg.naming import CHANNEL_SUFFIX as _CHANNEL_SUFFIX
-from volseg.naming import is_case_file, is_derived, split_volume_name
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def _file_cases(files: list[Path], num_channels: int) -> list[PredictionInput]:
 
 
 def _is_dicom_series(folder: Path) -> bool:
-    from volseg.formats import keep_locale, quiet_itk
+    from volseg.io.formats import keep_locale, quiet_itk
 
     with quiet_itk(), keep_locale():
         return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))

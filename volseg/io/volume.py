@@ -1,6 +1,6 @@
 """A voxel array with its geometry (:class:`Volume`), and the checks every reader makes.
 
-The base of :mod:`volseg.io` (reading and writing) and :mod:`volseg.formats` (the readers and
+The base of :mod:`volseg.io` (reading and writing) and :mod:`volseg.io.formats` (the readers and
 writers of each format), so that neither imports the other's caller.
 """
 

@@ -1,7 +1,7 @@
 """From stitched scores to labels, a few classes at a time, on the device where memory allows.
 
 The logits (K, *S) of a case may lie in host memory (a 100-class 512 x 512 x 300 output is 31 GB
-of float32; see :func:`volseg.window_batch.accumulation_device`). They reach the device in chunks
+of float32; see :func:`volseg.inference.window_batch.accumulation_device`). They reach the device in chunks
 of classes sized to its free memory (:func:`class_chunk`), where each chunk becomes probabilities,
 is resampled to the input grid by the caller and decided by a :class:`RunningDecision`:
 

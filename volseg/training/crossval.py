@@ -64,8 +64,8 @@ def train_all_folds(config: Config, run_dir: str | Path, *, resume: bool = False
                     **options: Any) -> list[Any]:
     """Train fold 0 .. ``data.num_folds - 1`` of ``config`` into ``run_dir/fold_<k>``; returns
     each fold's :class:`volseg.training.TrainResult` (None for folds that had finished)."""
-    from volseg.preflight import check_training_config
-    from volseg.training import train
+    from volseg.training.preflight import check_training_config
+    from volseg.training.trainer import train
 
     check_training_config(config)  # before the dataset is read for the shared splits
     run_dir = Path(run_dir)

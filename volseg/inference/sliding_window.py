@@ -9,7 +9,7 @@ buffers (see :mod:`volseg.allocator`). Networks whose output is smaller than the
 input (the paper's valid-convolution U-Net) are tiled by output: each window carries its
 context, mirrored at the volume's border (the U-Net paper's overlap-tile strategy).
 2D networks segment volumes slice by slice. On the CPU, layers PyTorch runs slowly are swapped
-for faster equivalents on a weight-sharing copy of the network (see :mod:`volseg.fast_layers`).
+for faster equivalents on a weight-sharing copy of the network (see :mod:`volseg.inference.fast_layers`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from volseg.errors import ConfigError, ShapeError, choice_error
-from volseg.fast_layers import with_fast_layers
-from volseg.window_batch import (
+from volseg.inference.fast_layers import with_fast_layers
+from volseg.inference.window_batch import (
     ActivationMeter,
     accumulation_device,
     free_memory,
@@ -118,18 +118,18 @@ def sliding_window_inference(
         blend: ``"gaussian"`` (weights fall off from the window centre) or ``"constant"``.
         sw_batch_size: windows per network call, or ``"auto"``: single windows first (on CUDA
             a warm-up, then one measured with the accumulation buffer in place), the rest in
-            batches sized to the free memory (see :mod:`volseg.window_batch`).
+            batches sized to the free memory (see :mod:`volseg.inference.window_batch`).
         tta_flips: spatial axes (0-based) mirrored for test-time augmentation; every
             combination is run and the logits averaged.
         device: where the network runs (default: the network's parameters' device).
         output_device: where the stitched logits are accumulated (default: ``image``'s
             device); ``"cpu"`` keeps a large multi-class result off the GPU; ``"auto"``: on
             ``device`` when they take at most 1/8 of its memory and half of what is free, else
-            the host (:func:`volseg.window_batch.accumulation_device`).
+            the host (:func:`volseg.inference.window_batch.accumulation_device`).
         autocast: ``None``, ``"fp16"`` or ``"bf16"`` mixed precision for the network.
         fast_layers: on the CPU in float32, run the network's slow layers (transposed
             convolutions with few outputs, instance norm) as faster equivalents, on a copy
-            that shares its weights (see :mod:`volseg.fast_layers`).
+            that shares its weights (see :mod:`volseg.inference.fast_layers`).
         progress: called as ``progress(done_windows, total_windows)``.
 
     Returns:

@@ -17,7 +17,7 @@ from pathlib import PurePath
 
 @dataclass(frozen=True)
 class Format:
-    """One volume format: ``reader``/``writer`` name the code path in :mod:`volseg.formats`."""
+    """One volume format: ``reader``/``writer`` name the code path in :mod:`volseg.io.formats`."""
 
     name: str
     suffixes: tuple[str, ...]

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from volseg.runtime import resolve_device
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,18 +39,6 @@ class DistributedContext:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    """``auto`` picks CUDA when present; ``cuda`` without a GPU falls back to CPU with a warning.
-
-    GPU ``local_rank % device_count``: a node may run more processes than it has GPUs.
-    """
-    if preference in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if preference == "cuda":
-        logger.warning("training.device is cuda but no CUDA device is available; using the CPU")
-    return torch.device("cpu")
 
 
 def init_distributed(device_preference: str = "auto") -> DistributedContext:

@@ -24,16 +24,21 @@ from typing import TYPE_CHECKING, Any
 import nibabel as nib
 import numpy as np
 
-from volseg.atomic import remove_stale_temporaries
 from volseg.errors import ConfigError, OutputExistsError
+from volseg.inference.inputs import PredictionInput, find_inputs
+from volseg.inference.postprocess import (
+    keep_largest_component,
+    label_statistics,
+    remove_small_components,
+    write_statistics,
+)
+from volseg.inference.preview import render_preview
 from volseg.io import WRITE_SUFFIXES, Volume, fill_nonfinite, read_volume, write_volume
-from volseg.naming import format_of, side_output_names, split_volume_name
-from volseg.postprocess import keep_largest_component, label_statistics, remove_small_components, write_statistics
-from volseg.predict_inputs import PredictionInput, find_inputs
-from volseg.preview import render_preview
+from volseg.io.atomic import remove_stale_temporaries
+from volseg.io.naming import format_of, side_output_names, split_volume_name
 
 if TYPE_CHECKING:  # the Predictor calls this module for predict_file: no import at run time
-    from volseg.predictor import Prediction, Predictor
+    from volseg.inference.predictor import Prediction, Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -117,13 +122,13 @@ def segment(
 
     With several cases, those whose label file exists are skipped unless ``overwrite``; a
     single named output that exists is an error unless ``overwrite``. ``shard=(I, N)`` segments
-    only shard I of N of a folder's cases (:mod:`volseg.sharding`).
+    only shard I of N of a folder's cases (:mod:`volseg.inference.sharding`).
     """
     options = options or OutputOptions()
     inputs = find_inputs(input_path, channel_names=predictor.channel_names)
     pairs = plan_outputs(inputs, Path(output), options)
     if shard is not None:
-        from volseg.sharding import select_shard
+        from volseg.inference.sharding import select_shard
 
         if len(inputs) == 1 and pairs[0][1] == Path(output):
             raise ConfigError(f"--shard splits a folder of cases; {input_path} is one case")

@@ -5,7 +5,7 @@ preprocessing from the checkpoint alone. Every output lies on its input's grid (
 shape and affine): predictions made on the reoriented, resampled and cropped grid are
 brought back by MONAI's inverses of exactly those operations. On a GPU the logits stay there when
 they fit (else in host memory) and softmax/sigmoid, resampling and argmax run there too, a chunk of
-classes at a time (:mod:`volseg.class_maps`); only the labels, and the probabilities or
+classes at a time (:mod:`volseg.inference.class_maps`); only the labels, and the probabilities or
 uncertainty when asked for, come back to the host.
 """
 
@@ -26,16 +26,22 @@ import torch
 
 from volseg.bundled import resolve_model
 from volseg.checkpoint import checkpoint_config, checkpoint_label_space, load_checkpoint, model_from_checkpoint
-from volseg.class_maps import RunningDecision, class_chunk, entropy_terms, normalised_entropy, probability_chunks
 from volseg.config import Config
 from volseg.data.label_space import LabelSpace
 from volseg.data.transforms import inference_transforms, invert_to_input
-from volseg.distributed import resolve_device
 from volseg.errors import ConfigError, ShapeError, choice_error
-from volseg.inference import check_sw_batch_size, flip_combinations, sliding_window_inference
+from volseg.inference.class_maps import (
+    RunningDecision,
+    class_chunk,
+    entropy_terms,
+    normalised_entropy,
+    probability_chunks,
+)
+from volseg.inference.sliding_window import check_sw_batch_size, flip_combinations, sliding_window_inference
+from volseg.inference.window_batch import free_memory
 from volseg.io import Volume, read_volume
 from volseg.nn import SegmentationNetwork
-from volseg.window_batch import free_memory
+from volseg.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -143,16 +149,16 @@ class Predictor:
     def predict_file(self, input_path: str | Path, output_path: str | Path, **options: Any) -> Path:
         """Segment one case (a file, BraTS case folder or DICOM series) into ``output_path``.
 
-        ``options`` are those of :class:`volseg.segment.OutputOptions` (``overwrite``,
+        ``options`` are those of :class:`volseg.inference.segment.OutputOptions` (``overwrite``,
         ``probabilities``, ``uncertainty``, ``stats``, ``preview``, ...).
         """
-        from volseg.segment import OutputOptions, segment
+        from volseg.inference.segment import OutputOptions, segment
 
         return segment(self, input_path, output_path, OutputOptions(**options))[0].labels_path
 
     def predict_folder(self, input_dir: str | Path, output_dir: str | Path, **options: Any) -> list[Path]:
         """Segment every case in ``input_dir`` into ``output_dir``; finished cases are skipped."""
-        from volseg.segment import OutputOptions, segment
+        from volseg.inference.segment import OutputOptions, segment
 
         return [outcome.labels_path for outcome in segment(self, input_dir, output_dir, OutputOptions(**options))]
 
@@ -258,7 +264,7 @@ class Predictor:
 
         The labels are decided on the preprocessed grid when it is the input's up to orientation and
         crop (exact, cheap), otherwise after resampling the probabilities linearly (smoother borders).
-        Runs on the predictor's device a chunk of classes at a time (:mod:`volseg.class_maps`); on the
+        Runs on the predictor's device a chunk of classes at a time (:mod:`volseg.inference.class_maps`); on the
         host when not even one class fits on the GPU.
         """
         resampled = self.config.preprocessing.spacing is not None

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from volseg.atomic import atomic_target, write_text
+from volseg.io.atomic import atomic_target, write_text
 
 logger = logging.getLogger(__name__)
 

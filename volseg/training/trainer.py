@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from monai.data import DataLoader
 
-from volseg.atomic import remove_stale_temporaries, write_text
 from volseg.checkpoint import build_checkpoint, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from volseg.config import Config, dump_config
 from volseg.data.datasets import find_cases
@@ -37,16 +36,17 @@ from volseg.data.label_space import LabelSpace
 from volseg.data.loader import resolve_num_workers, seed_for, training_loader
 from volseg.data.splits import carve_validation, load_folds, make_folds, save_folds, split_for_fold
 from volseg.data.transforms import items_from_cases, make_dataset, training_transforms, validation_transforms
-from volseg.distributed import DistributedContext, all_reduce_sum, barrier, init_distributed, ranks_on_node
 from volseg.errors import ConfigError, OutputExistsError, TrainingError
+from volseg.io.atomic import remove_stale_temporaries, write_text
 from volseg.losses import DeepSupervisionLoss, loss_from_config
 from volseg.nn import SegmentationNetwork, create_model
-from volseg.optim import LearningRateSchedule, build_optimizer
-from volseg.preflight import check_training_config, output_channels
-from volseg.run_log import RunLog
 from volseg.runtime import describe as describe_runtime
 from volseg.runtime import training_flags
-from volseg.validation import validate
+from volseg.training.distributed import DistributedContext, all_reduce_sum, barrier, init_distributed, ranks_on_node
+from volseg.training.optim import LearningRateSchedule, build_optimizer
+from volseg.training.preflight import check_training_config, output_channels
+from volseg.training.run_log import RunLog
+from volseg.training.validation import validate
 
 logger = logging.getLogger(__name__)
 

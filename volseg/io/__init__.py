@@ -1,8 +1,8 @@
-"""Read and write volumes with their geometry: every format of :mod:`volseg.naming`.
+"""Read and write volumes with their geometry: every format of :mod:`volseg.io.naming`.
 
 A :class:`Volume` holds the array in the file's voxel order ``(i, j, k)`` as nibabel gives
 it (channels last) and a 4x4 voxel -> RAS+ mm affine; SimpleITK reads (LPS, ``(z, y, x)``)
-are converted to that convention (the readers are in :mod:`volseg.formats`). Bad input raises
+are converted to that convention (the readers are in :mod:`volseg.io.formats`). Bad input raises
 a one-line ``InputFileError`` naming the file; writes are atomic (temporary file in the target
 folder, fsync, rename).
 """
@@ -17,11 +17,11 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
-from volseg import formats
-from volseg.atomic import atomic_target
 from volseg.errors import ConfigError, OutputExistsError, ShapeError
-from volseg.naming import READ_SUFFIXES, WRITE_SUFFIXES, describe_formats, format_of, not_a_volume
-from volseg.volume import Volume, _check_affine, _check_shape, _fail  # noqa: F401 - Volume is re-exported
+from volseg.io import formats
+from volseg.io.atomic import atomic_target
+from volseg.io.naming import READ_SUFFIXES, WRITE_SUFFIXES, describe_formats, format_of, not_a_volume
+from volseg.io.volume import Volume, _check_affine, _check_shape, _fail  # noqa: F401 - Volume is re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def read_volume(
     nonfinite_hint: str = "clean the file or pass allow_nonfinite=True",
     max_bytes: int = MAX_BYTES,
 ) -> Volume:
-    """Read a volume file (any format of :mod:`volseg.naming`) or a DICOM series folder.
+    """Read a volume file (any format of :mod:`volseg.io.naming`) or a DICOM series folder.
 
     Values as stored (integer labels stay integers; scaling where the format sets it), in
     native byte order. ``series_id`` picks one series of a DICOM folder that holds several.

@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from volseg.atomic import atomic_target
 from volseg.data.label_space import OKABE_ITO, label_colour  # noqa: F401 (OKABE_ITO: old import path)
 from volseg.errors import ConfigError, OutputExistsError, ShapeError
-from volseg.postprocess import as_label_array, check_spacing, connected_components, to_numpy
+from volseg.inference.postprocess import as_label_array, check_spacing, connected_components, to_numpy
+from volseg.io.atomic import atomic_target
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Format readers and writers behind :func:`volseg.io.read_volume` and :func:`volseg.io.write_volume`.
 
-Which code reads and writes each suffix is in :mod:`volseg.naming`. nibabel reads NIfTI-1/2,
+Which code reads and writes each suffix is in :mod:`volseg.io.naming`. nibabel reads NIfTI-1/2,
 NIfTI and Analyze pairs, MGH/MGZ, MINC 1, PAR/REC, AFNI and ECAT; SimpleITK reads NRRD,
 MetaImage, GIPL, VTK, MINC 2 (nibabel needs h5py for it) and DICOM (series folders and single
 files). Any failure of a reader on a bad file becomes a one-line ``InputFileError`` naming it.
@@ -27,9 +27,9 @@ from nibabel.spatialimages import HeaderDataError
 from numpy.lib import recfunctions
 
 from volseg.errors import InputFileError
+from volseg.io.naming import NOT_VOLUMES, Format
+from volseg.io.volume import Volume, _check_affine, _check_shape, _fail
 from volseg.lazy import sitk  # SimpleITK, imported on first use
-from volseg.naming import NOT_VOLUMES, Format
-from volseg.volume import Volume, _check_affine, _check_shape, _fail
 
 logger = logging.getLogger("volseg.io")  # one logger for reading and writing
 
@@ -278,7 +278,7 @@ _ANALYZE_NOTE = ("Analyze 7.5 header stores no orientation: assumed radiological
 
 
 def read_file(path: Path, fmt: Format, max_bytes: int, fixes: list[str]) -> Volume:
-    """Read one file with the reader its :class:`~volseg.naming.Format` names."""
+    """Read one file with the reader its :class:`~volseg.io.naming.Format` names."""
     if fmt.reader == "nifti":
         return _read_nifti(path, max_bytes, fixes)
     if fmt.reader == "itk":
@@ -371,7 +371,7 @@ def write_file(tmp: Path, out: Path, fmt: Format, array: np.ndarray, affine: np.
 def write_pair(out: Path, array: np.ndarray, affine: np.ndarray, header: Any) -> None:
     """Write a NIfTI pair ``out`` (.hdr) + its .img, each atomically, the .img first (the .hdr
     marks a finished file); Analyze inputs get a NIfTI pair, which stores the orientation."""
-    from volseg.atomic import atomic_target
+    from volseg.io.atomic import atomic_target
 
     ref = header if isinstance(header, nib.Nifti1Header) else None
     with atomic_target(out) as tmp_hdr, atomic_target(out.with_suffix(".img")) as tmp_img:

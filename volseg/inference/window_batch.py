@@ -52,7 +52,7 @@ class ActivationMeter:
     largest (a local measurement: ``torch.cuda.max_memory_allocated`` and its peak are left alone,
     and the scratch space inside a layer, cuDNN's autotuning workspace included, is not counted);
     elsewhere the summed size of every leaf module's output (a module with ``wraps_layer`` set, such
-    as a :mod:`volseg.fast_layers` stand-in, counts as one). ``largest_per_window`` is the element
+    as a :mod:`volseg.inference.fast_layers` stand-in, counts as one). ``largest_per_window`` is the element
     count of the largest tensor a leaf module took or gave, divided by the call's batch size.
     """
 
