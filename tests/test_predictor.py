@@ -184,16 +184,14 @@ def test_dicom_series_in_nifti_out_on_its_grid(tmp_path, write_dicom_series):
 
 
 def test_brats_labels_and_their_names_follow_the_case_convention():
-    from volseg.inference.segment import _names_in_convention, to_brats_convention
-
-    predictor = Predictor(ThresholdNet(), config_for(data={"labels": {0: "bg", 1: "core", 2: "edema", 4: "enhancing"}}))
+    older = Predictor(ThresholdNet(), config_for(data={"labels": {0: "bg", 1: "core", 2: "edema", 4: "enhancing"}}))
     labels = np.array([0, 1, 2, 4], np.uint8)
-    assert to_brats_convention(labels, predictor, "brats2023").tolist() == [0, 1, 2, 3]
-    assert _names_in_convention(predictor, "brats2023")[3] == "enhancing"
+    assert older.label_space.to_convention(labels, "brats2023").tolist() == [0, 1, 2, 3]
+    assert older.label_space.names_in("brats2023")[3] == "enhancing"
     newer = Predictor(ThresholdNet(), config_for(data={"labels": {0: "bg", 1: "core", 2: "edema", 3: "enhancing"}}))
-    assert to_brats_convention(np.array([3], np.uint8), newer, "brats2021").tolist() == [4]
-    assert _names_in_convention(newer, "brats2021")[4] == "enhancing"  # the direction the old code missed
-    assert to_brats_convention(labels, predictor, None).tolist() == [0, 1, 2, 4]
+    assert newer.label_space.to_convention(np.array([3], np.uint8), "brats2021").tolist() == [4]
+    assert newer.label_space.names_in("brats2021")[4] == "enhancing"  # the direction the old code missed
+    assert older.label_space.to_convention(labels, None).tolist() == [0, 1, 2, 4]
 
 
 def test_read_case_keeps_channel_order_and_names_a_bad_file(tmp_path):

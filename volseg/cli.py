@@ -100,10 +100,9 @@ def train_command(args: argparse.Namespace) -> int:
         if (run_dir / CONFIG_FILE).is_file():
             config = load_config(run_dir / CONFIG_FILE, overrides)
         elif any(run_dir.glob(f"fold_*/{CONFIG_FILE}")):  # a cross-validation folder
-            from volseg.config import apply_overrides, config_from_dict, config_to_dict
             from volseg.training.crossval import resume_config
 
-            config = config_from_dict(apply_overrides(config_to_dict(resume_config(run_dir)), overrides))
+            config = resume_config(run_dir, overrides)
             all_folds = True
         else:
             raise InputFileError(f"{run_dir} is not a volseg run folder (no {CONFIG_FILE}); nothing to resume")

@@ -228,20 +228,6 @@ def postprocess(labels: np.ndarray, prediction: Prediction, options: OutputOptio
     return labels
 
 
-def brats_value_map(predictor: Predictor, convention: str | None) -> dict[int, int]:
-    """The relabelling that writes a BraTS case in its own convention (:meth:`LabelSpace.convention_map`)."""
-    return predictor.label_space.convention_map(convention)
-
-
-def to_brats_convention(labels: np.ndarray, predictor: Predictor, convention: str | None) -> np.ndarray:
-    """``labels`` (*S) in the BraTS ``convention`` of the case (:meth:`LabelSpace.to_convention`)."""
-    return predictor.label_space.to_convention(labels, convention)
-
-
-def _names_in_convention(predictor: Predictor, convention: str | None) -> dict[int, str]:
-    return predictor.label_space.names_in(convention)
-
-
 def ras_views(image: np.ndarray, labels: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
     """``image`` and ``labels`` (*S) reoriented to RAS axis order, with the matching spacing."""
     orientation = nib.orientations.io_orientation(affine)

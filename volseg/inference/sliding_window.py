@@ -4,10 +4,11 @@ Windows are spread evenly over the (padded) volume, batched, run under
 ``torch.inference_mode`` (optionally autocast), weighted by a Gaussian importance map
 computed once, and accumulated on ``output_device``: the GPU itself when the stitched logits are
 small beside its memory (``"auto"``), else host memory, where each batch's copy is queued without
-waiting and added while the GPU runs the next batch. The first call tunes glibc malloc to keep freed
-buffers (see :mod:`volseg.allocator`). Networks whose output is smaller than their
-input (the paper's valid-convolution U-Net) are tiled by output: each window carries its
-context, mirrored at the volume's border (the U-Net paper's overlap-tile strategy).
+waiting and added while the GPU runs the next batch. It changes no process-wide setting; the CLI's
+glibc malloc tuning (:func:`volseg.runtime.apply`) is what makes repeated windows fast on a CPU.
+Networks whose output is smaller than their input (the paper's valid-convolution U-Net) are
+tiled by output: each window carries its context, mirrored at the volume's border (the U-Net
+paper's overlap-tile strategy).
 2D networks segment volumes slice by slice. On the CPU, layers PyTorch runs slowly are swapped
 for faster equivalents on a weight-sharing copy of the network (see :mod:`volseg.inference.fast_layers`).
 """

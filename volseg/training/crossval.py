@@ -52,12 +52,13 @@ def shared_splits(config: Config, run_dir: Path) -> Path:
     return path
 
 
-def resume_config(run_dir: Path) -> Config:
-    """The config of a cross-validation run folder, from the first fold that was started."""
+def resume_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
+    """The config of a cross-validation run folder (from the first fold that was started), with
+    ``--set`` ``overrides``."""
     configs = sorted(run_dir.glob("fold_*/config.yaml"), key=lambda p: (len(str(p)), str(p)))
     if not configs:
         raise InputFileError(f"{run_dir} holds no fold_<k>/config.yaml; nothing to resume")
-    return load_config(configs[0])
+    return load_config(configs[0], overrides)
 
 
 def train_all_folds(config: Config, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,

@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from volseg.checkpoint import checkpoint_config, checkpoint_label_space, load_checkpoint
-from volseg.config import Config
+from volseg.checkpoint import checkpoint_config, checkpoint_label_space, load_checkpoint, model_from_checkpoint
+from volseg.config import Config, load_config
 from volseg.data.datasets import find_cases
-from volseg.data.label_space import LabelSpace
 from volseg.data.splits import load_folds, split_for_fold
 from volseg.errors import ConfigError, InputFileError, OutputExistsError
 from volseg.io.atomic import write_text
@@ -99,12 +98,6 @@ def _check_output(output_dir: Path, settings: dict[str, Any], overwrite: bool) -
     write_text(previous, json.dumps(settings, indent=1) + "\n")
 
 
-def _structures(space: LabelSpace) -> dict[str, Any]:
-    """``regions=`` for :func:`volseg.metrics.evaluate_files`: the label space's named structures
-    (the regions, or one per foreground label under its name), as trained."""
-    return {"regions": space.structures()}
-
-
 def evaluate_run(
     run_dir: str | Path,
     output_dir: str | Path | None = None,
@@ -133,28 +126,30 @@ def evaluate_run(
     settings = _settings(runs, checkpoint, mirroring)
     _check_output(output_dir, settings, overwrite)
     predictions = output_dir / "predictions"
-    jobs, trained = [], {}
-    for run in runs:
+    total = sum(len(held_out_ids(run, load_config(run / "config.yaml"))) for run in runs)
+    rows, trained, started = [], {}, time.perf_counter()
+    for run in runs:  # one fold at a time: one checkpoint in memory
         stored = load_checkpoint(run / checkpoint)
-        config = checkpoint_config(stored)
+        config, space = checkpoint_config(stored), checkpoint_label_space(stored)
         trained[str(run)] = training_time(run, checkpoint_epoch(stored))
         dataset = find_cases(config.data.root, layout=config.data.layout)
-        space = checkpoint_label_space(stored)
-        jobs += [(run, config, space, dataset.case(case_id)) for case_id in held_out_ids(run, config)]
-    rows, started, predictors = [], time.perf_counter(), {}
-    for index, (run, config, space, case) in enumerate(jobs, 1):
-        labels_path = predictions / f"{case.case_id}.nii.gz"
-        if not labels_path.exists():
-            if run not in predictors:
-                predictors = {run: Predictor.from_checkpoint(run / checkpoint, device=device, tta=mirroring)}
-            segment_case(predictors[run], PredictionInput(case.case_id, case.images), labels_path,
-                         OutputOptions(overwrite=True))
-        if case.label is None:
-            raise InputFileError(f"held-out case {case.case_id} of {config.data.root} has no label file")
-        metrics = evaluate_files(labels_path, case.label, **_structures(space))
-        rows.append(CaseResult(case.case_id, metrics, labels_path, case.label))
-        if on_case is not None:
-            on_case(case.case_id, index, len(jobs))
+        cases = [dataset.case(case_id) for case_id in held_out_ids(run, config)]
+        predictor = None  # built when a case needs predicting (a resumed evaluation may need none)
+        for case in cases:
+            if case.label is None:
+                raise InputFileError(f"held-out case {case.case_id} of {config.data.root} has no label file")
+            labels_path = predictions / f"{case.case_id}.nii.gz"
+            if not labels_path.exists():
+                if predictor is None:
+                    predictor = Predictor(model_from_checkpoint(stored), config, device=device, tta=mirroring,
+                                          label_space=space)
+                segment_case(predictor, PredictionInput(case.case_id, case.images), labels_path,
+                             OutputOptions(overwrite=True))
+            # scored as trained: the regions, or one structure per foreground label under its name
+            metrics = evaluate_files(labels_path, case.label, regions=space.structures())
+            rows.append(CaseResult(case.case_id, metrics, labels_path, case.label))
+            if on_case is not None:
+                on_case(case.case_id, len(rows), total)
     summary = summarise(rows)
     write_report_csv(rows, summary, output_dir / CASES_FILE, overwrite=True)
     result = {

@@ -223,7 +223,7 @@ class Trainer:
                 # Written with config.yaml, once the cases have loaded: a run that fails on its
                 # data leaves no splits behind to disagree with the fixed dataset.
                 self._new_splits = (folds, self.run_dir / SPLITS_FILE)
-            elif not splits.exists() or splits != self.run_dir / SPLITS_FILE:
+            elif splits != self.run_dir / SPLITS_FILE:  # a shared or nnU-Net file: the run keeps its own copy
                 self._new_splits = (folds, self.run_dir / SPLITS_FILE)
             validation_ids = folds[data.fold]["validation"]
             missing = sorted(set(train_ids + folds[data.fold]["val"]) - set(by_id))
@@ -231,7 +231,8 @@ class Trainer:
                 raise ConfigError(f"{splits} names cases that {data.root} lacks: {', '.join(missing[:10])}")
         if not validation_ids:
             logger.info("no validation cases (data.validation_cases=0): best.pt is the last epoch's model")
-        training_ids = [i for i in train_ids if i not in set(validation_ids)]
+        validation = set(validation_ids)
+        training_ids = [i for i in train_ids if i not in validation]
         return items_from_cases(by_id[i] for i in training_ids), items_from_cases(by_id[i] for i in validation_ids)
 
     def _loader(self, epoch: int) -> DataLoader:
