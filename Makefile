@@ -29,6 +29,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check volseg tests scripts
+	$(BIN)/ruff format --check volseg tests scripts
 
 SAMPLE := volseg/models/hippocampus_sample
 DEMO_OUT := demo_output

@@ -82,19 +82,27 @@ def main(argv: list[str] | None = None) -> None:
 
     batch, mean_total = config.sampling.batch_size, statistics.fmean(totals)
     patch = "x".join(str(p) for p in config.sampling.patch_size)
-    print(f"# {args.config}: patch {patch}, {len(config.data.channels) or 1} channels, batch {batch}; "
-          f"{len(cached)} cases, {args.repeats} x {args.patches} patches, {args.threads} torch threads")
+    print(
+        f"# {args.config}: patch {patch}, {len(config.data.channels) or 1} channels, batch {batch}; "
+        f"{len(cached)} cases, {args.repeats} x {args.patches} patches, {args.threads} torch threads"
+    )
     print(f"# preprocessing (once per case, then cached): {preprocessing:.2f} s per case")
     print(f"{'transform':<34} {'median ms':>10} {'mean ms':>9} {'share':>7}")
     for name, times in per_step.items():
-        print(f"{name:<34} {statistics.median(times) * 1e3:10.2f} {statistics.fmean(times) * 1e3:9.2f} "
-              f"{statistics.fmean(times) / mean_total:7.1%}")
+        print(
+            f"{name:<34} {statistics.median(times) * 1e3:10.2f} {statistics.fmean(times) * 1e3:9.2f} "
+            f"{statistics.fmean(times) / mean_total:7.1%}"
+        )
     median = statistics.median(totals)
-    print(f"{'ms per augmented patch':<34} {median * 1e3:10.2f} {mean_total * 1e3:9.2f}  (p90 "
-          f"{percentile(totals, 0.9) * 1e3:.2f})")
+    print(
+        f"{'ms per augmented patch':<34} {median * 1e3:10.2f} {mean_total * 1e3:9.2f}  (p90 "
+        f"{percentile(totals, 0.9) * 1e3:.2f})"
+    )
     workers = args.steps_per_second * batch * mean_total
-    print(f"one worker makes {1 / mean_total:.1f} patches/s; {args.steps_per_second:g} steps/s of {batch} patches need "
-          f"{workers:.2f} worker(s) at this speed (data.num_workers >= {math.ceil(workers)})")
+    print(
+        f"one worker makes {1 / mean_total:.1f} patches/s; {args.steps_per_second:g} steps/s of {batch} patches need "
+        f"{workers:.2f} worker(s) at this speed (data.num_workers >= {math.ceil(workers)})"
+    )
 
 
 if __name__ == "__main__":

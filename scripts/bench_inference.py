@@ -52,8 +52,14 @@ def build_network(name: str) -> tuple[torch.nn.Module, int, int]:
     if name == "monai-unet":
         from monai.networks.nets import UNet
 
-        network = UNet(spatial_dims=3, in_channels=4, out_channels=3, channels=(16, 32, 64, 128, 256),
-                       strides=(2, 2, 2, 2), num_res_units=2)
+        network = UNet(
+            spatial_dims=3,
+            in_channels=4,
+            out_channels=3,
+            channels=(16, 32, 64, 128, 256),
+            strides=(2, 2, 2, 2),
+            num_res_units=2,
+        )
         return network.eval(), 4, 3
     from volseg.config import load_config
     from volseg.training import build_network as build_configured
@@ -75,6 +81,7 @@ def make_runner(
         def run(image: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 return monai_sliding_window(image, roi, batch, network, overlap=overlap, mode="gaussian")
+
         return run
     if method.startswith("volseg"):
         if method == "volseg-plain-malloc":
@@ -85,8 +92,16 @@ def make_runner(
         runtime.apply()  # what volseg's CLI applies before predicting (the other methods run without it)
 
         def run(image: torch.Tensor) -> torch.Tensor:
-            return sliding_window_inference(network, image, roi, overlap=overlap, sw_batch_size=batch, blend="gaussian",
-                                            fast_layers=method != "volseg-plain-layers")
+            return sliding_window_inference(
+                network,
+                image,
+                roi,
+                overlap=overlap,
+                sw_batch_size=batch,
+                blend="gaussian",
+                fast_layers=method != "volseg-plain-layers",
+            )
+
         return run
     from nnunet_runner import nnunet_sliding_window
 
@@ -146,8 +161,12 @@ def methods(args) -> dict[str, tuple[str, int | str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--network", choices=NETWORKS, default="monai-unet",
-                        help="volseg-NAME: the network of configs/NAME.yaml (random weights)")
+    parser.add_argument(
+        "--network",
+        choices=NETWORKS,
+        default="monai-unet",
+        help="volseg-NAME: the network of configs/NAME.yaml (random weights)",
+    )
     parser.add_argument("--shape", type=int, nargs=3, metavar=("D", "H", "W"), help="volume (default: per network)")
     parser.add_argument("--roi", type=int, nargs=3, help="window (default: per network)")
     parser.add_argument("--overlap", type=float, default=0.5)
@@ -156,8 +175,11 @@ def main() -> None:
     parser.add_argument("--monai-batches", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--volseg-batches", type=int, nargs="*", default=[4], help="fixed batches besides auto")
     parser.add_argument("--quick", action="store_true", help="a volume of at most 2 x 2 x 2 windows, 2 repeats")
-    parser.add_argument("--end-to-end", action="store_true",
-                        help="afterwards, run scripts/bench_predict.py: a BraTS case file to file vs the network time")
+    parser.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="afterwards, run scripts/bench_predict.py: a BraTS case file to file vs the network time",
+    )
     args = parser.parse_args()
     default_shape, default_roi = NETWORKS[args.network]
     args.shape, args.roi = args.shape or list(default_shape), args.roi or list(default_roi)
@@ -168,17 +190,24 @@ def main() -> None:
     windows = window_count(shape, roi, args.overlap)
     flops = flops_per_window(network, in_channels, roi) * windows
     print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
-    print(f"# network {args.network}; volume {list(shape)}, window {list(roi)}, overlap {args.overlap}: "
-          f"{windows} windows, {flops / 1e9:.0f} GFLOP per volume; one worker process per method")
-    print("# volseg and nnU-Net spread their windows evenly from edge to edge, MONAI steps at a fixed interval and "
-          "clamps the last one:\n# the same number and size of windows, so the same work, but the outputs differ "
-          "where the windows overlap differently")
+    print(
+        f"# network {args.network}; volume {list(shape)}, window {list(roi)}, overlap {args.overlap}: "
+        f"{windows} windows, {flops / 1e9:.0f} GFLOP per volume; one worker process per method"
+    )
+    print(
+        "# volseg and nnU-Net spread their windows evenly from edge to edge, MONAI steps at a fixed interval and "
+        "clamps the last one:\n# the same number and size of windows, so the same work, but the outputs differ "
+        "where the windows overlap differently"
+    )
     context = mp.get_context("spawn")
     table, workers, first = methods(args), {}, {}
     for name, (method, batch) in table.items():  # one at a time: the warm-ups do not overlap
         parent, child = context.Pipe()
-        process = context.Process(target=worker, args=(child, method, batch, args.network, shape, roi,
-                                                       args.overlap, args.threads), daemon=True)
+        process = context.Process(
+            target=worker,
+            args=(child, method, batch, args.network, shape, roi, args.overlap, args.threads),
+            daemon=True,
+        )
         process.start()
         first[name] = parent.recv()
         workers[name] = (process, parent)
@@ -204,13 +233,17 @@ def report(args, table, seconds, peak, first, flops, shape) -> None:
     monai_best = min(v for k, v in medians.items() if table[k][0] == "monai")
     voxels = float(torch.tensor(shape[1:]).prod())
     reference = first["monai (defaults: sw_batch_size=1)"]
-    print(f"{'method':<46} {'median s':>9} {'vs MONAI default':>17} {'vs MONAI best':>14} {'Mvox/s':>7} "
-          f"{'GFLOP/s':>8} {'peak RSS MiB':>13} {'max |diff|':>10}")
+    print(
+        f"{'method':<46} {'median s':>9} {'vs MONAI default':>17} {'vs MONAI best':>14} {'Mvox/s':>7} "
+        f"{'GFLOP/s':>8} {'peak RSS MiB':>13} {'max |diff|':>10}"
+    )
     for name, value in medians.items():
         difference = (first[name] - reference).abs().max().item()
-        print(f"{name:<46} {value:9.2f} {monai_default / value:16.2f}x {monai_best / value:13.2f}x "
-              f"{voxels / value / 1e6:7.2f} {flops / value / 1e9:8.1f} {peak[name]:13.0f} {difference:10.2e}")
-    print(f"# all times: {({k: [round(s, 2) for s in v] for k, v in seconds.items()})}")
+        print(
+            f"{name:<46} {value:9.2f} {monai_default / value:16.2f}x {monai_best / value:13.2f}x "
+            f"{voxels / value / 1e6:7.2f} {flops / value / 1e9:8.1f} {peak[name]:13.0f} {difference:10.2e}"
+        )
+    print(f"# all times: { ({k: [round(s, 2) for s in v] for k, v in seconds.items()}) }")
     print("# max |diff|: largest difference of the logits from MONAI's at defaults, on every 4th voxel")
 
 

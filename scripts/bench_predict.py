@@ -55,8 +55,10 @@ class ForwardTimer:
 
 def random_brats_checkpoint(folder: Path) -> Path:
     """configs/brats_cpu.yaml's network, 1 mm, 96^3 windows, seeded random weights."""
-    config = load_config(REPOSITORY / "configs" / "brats_cpu.yaml",
-                         ["preprocessing.spacing=[1.0, 1.0, 1.0]", "inference.roi_size=[96, 96, 96]"])
+    config = load_config(
+        REPOSITORY / "configs" / "brats_cpu.yaml",
+        ["preprocessing.spacing=[1.0, 1.0, 1.0]", "inference.roi_size=[96, 96, 96]"],
+    )
     torch.manual_seed(0)
     network = build_network(config, len(config.data.channels)).eval()
     return save_checkpoint(build_checkpoint(network, config), folder / "brats_random_1mm.pt")
@@ -81,9 +83,11 @@ def main() -> None:
         batch = int(args.batch) if args.batch not in (None, "auto") else args.batch  # None: the model's own
         predictor = Predictor.from_checkpoint(model, device="cpu", tta=False, sw_batch_size=batch)
         timer = ForwardTimer(predictor.network)
-        print(f"# {args.threads} threads, torch {torch.__version__}; "
-              f"model {args.model or 'random 1 mm BraTS network'}, "
-              f"window {predictor.roi_size}, batch {predictor.sw_batch_size}; case {args.input}")
+        print(
+            f"# {args.threads} threads, torch {torch.__version__}; "
+            f"model {args.model or 'random 1 mm BraTS network'}, "
+            f"window {predictor.roi_size}, batch {predictor.sw_batch_size}; case {args.input}"
+        )
         rows = []
         for repeat in range(args.repeats + 1):  # the first is a warm-up
             timer.seconds, before = 0.0, resource.getrusage(resource.RUSAGE_SELF)
@@ -91,14 +95,33 @@ def main() -> None:
             predictor.predict_file(args.input, folder / "out" / f"{repeat}.nii.gz", overwrite=True)
             total = time.perf_counter() - started
             after = resource.getrusage(resource.RUSAGE_SELF)  # page faults: the first touch of activations
-            print(f"# call {repeat + 1}: {total:.2f} s, user {after.ru_utime - before.ru_utime:.1f} s, system "
-                  f"{after.ru_stime - before.ru_stime:.1f} s, {after.ru_minflt - before.ru_minflt} page faults, "
-                  f"peak RSS {after.ru_maxrss / 1024:.0f} MiB")
+            print(
+                f"# call {repeat + 1}: {total:.2f} s, user {after.ru_utime - before.ru_utime:.1f} s, system "
+                f"{after.ru_stime - before.ru_stime:.1f} s, {after.ru_minflt - before.ru_minflt} page faults, "
+                f"peak RSS {after.ru_maxrss / 1024:.0f} MiB"
+            )
             if repeat:
                 rows.append((total, timer.seconds))
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "volseg", "predict", "-m", model, "-i", str(args.input),
-                        "-o", str(folder / "cli.nii.gz"), "--device", "cpu", "--no-tta", "--quiet"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "volseg",
+                "predict",
+                "-m",
+                model,
+                "-i",
+                str(args.input),
+                "-o",
+                str(folder / "cli.nii.gz"),
+                "--device",
+                "cpu",
+                "--no-tta",
+                "--quiet",
+            ],
+            check=True,
+        )
         command = time.perf_counter() - started
     total, network = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
     print(f"{'predict_file, median s':<40} {total:8.2f}")

@@ -84,6 +84,7 @@ def sync(device: torch.device) -> None:
 
 def fixed_batch_block(step: Callable[[], object], device: torch.device) -> Block:
     """A block that times ``step()`` (no data loading) ``steps`` times."""
+
     def block(_round: int, steps: int) -> Samples:
         samples = []
         for _ in range(steps):
@@ -92,11 +93,13 @@ def fixed_batch_block(step: Callable[[], object], device: torch.device) -> Block
             sync(device)
             samples.append((time.perf_counter() - start, 0.0))
         return samples
+
     return block
 
 
-def plain_step(network: torch.nn.Module, loss: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               trainer: Trainer) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def plain_step(
+    network: torch.nn.Module, loss: torch.nn.Module, optimizer: torch.optim.Optimizer, trainer: Trainer
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """zero_grad + forward + loss + backward + step in the Trainer's precision (its autocast dtype,
     and a gradient scaler of its own where the Trainer has one), without its checks and clipping."""
     device, dtype = trainer.context.device, trainer.autocast_dtype
@@ -113,6 +116,7 @@ def plain_step(network: torch.nn.Module, loss: torch.nn.Module, optimizer: torch
             scaler.scale(value).backward()
             scaler.step(optimizer)
             scaler.update()
+
     return step
 
 
@@ -138,6 +142,7 @@ def trainer_block(trainer: Trainer) -> Block:
             sync(device)
             samples.append((time.perf_counter() - start, waited))
         return samples
+
     return block
 
 
@@ -150,36 +155,59 @@ def monai_dataset(config: Config, items: list[dict[str, str]], workers: int) -> 
     keys, patch = ["image", "label"], [int(p) for p in config.sampling.patch_size]
     aug, ratio = config.augmentation, config.sampling.foreground_ratio
     angle, (low, high) = math.radians(aug.affine.rotation_degrees), aug.affine.scale
-    transforms = Compose([
-        LoadImaged(keys),
-        EnsureChannelFirstd(keys),
-        Orientationd(keys, axcodes=config.preprocessing.orientation, labels=None),
-        Spacingd(keys, pixdim=config.preprocessing.spacing or [1.0, 1.0, 1.0], mode=("bilinear", "nearest")),
-        NormalizeIntensityd("image", nonzero=True, channel_wise=True),
-        CropForegroundd(keys, source_key="image", select_fn=_nonzero, allow_smaller=True),
-        SpatialPadd(keys, spatial_size=patch),
-        RandCropByPosNegLabeld(keys, "label", spatial_size=patch, pos=ratio, neg=1.0 - ratio, num_samples=1),
-        *[RandFlipd(keys, prob=aug.flip.prob, spatial_axis=axis) for axis in aug.flip.axes],
-        RandAffined(keys, prob=aug.affine.prob, spatial_size=patch, rotate_range=[(-angle, angle)] * 3,
-                    scale_range=[(low - 1.0, high - 1.0)] * 3, mode=("bilinear", "nearest"), padding_mode="zeros"),
-    ]).set_random_state(seed=config.training.seed)
+    transforms = Compose(
+        [
+            LoadImaged(keys),
+            EnsureChannelFirstd(keys),
+            Orientationd(keys, axcodes=config.preprocessing.orientation, labels=None),
+            Spacingd(keys, pixdim=config.preprocessing.spacing or [1.0, 1.0, 1.0], mode=("bilinear", "nearest")),
+            NormalizeIntensityd("image", nonzero=True, channel_wise=True),
+            CropForegroundd(keys, source_key="image", select_fn=_nonzero, allow_smaller=True),
+            SpatialPadd(keys, spatial_size=patch),
+            RandCropByPosNegLabeld(keys, "label", spatial_size=patch, pos=ratio, neg=1.0 - ratio, num_samples=1),
+            *[RandFlipd(keys, prob=aug.flip.prob, spatial_axis=axis) for axis in aug.flip.axes],
+            RandAffined(
+                keys,
+                prob=aug.affine.prob,
+                spatial_size=patch,
+                rotate_range=[(-angle, angle)] * 3,
+                scale_range=[(low - 1.0, high - 1.0)] * 3,
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
+        ]
+    ).set_random_state(seed=config.training.seed)
     return CacheDataset(items, transforms, cache_rate=1.0, num_workers=max(1, workers), progress=False)
 
 
-def monai_block(config: Config, dataset: CacheDataset, network: torch.nn.Module, loss: torch.nn.Module,
-                trainer: Trainer) -> Block:
+def monai_block(
+    config: Config, dataset: CacheDataset, network: torch.nn.Module, loss: torch.nn.Module, trainer: Trainer
+) -> Block:
     """A textbook MONAI training loop over a fresh DataLoader per block (seeded by the round), with
     the Trainer's worker count and precision."""
     step = plain_step(network, loss, build_optimizer(config.optimizer, network.parameters()), trainer)
-    device, batch_size, workers, seed = trainer.context.device, config.sampling.batch_size, trainer.num_workers, \
-        config.training.seed
+    device, batch_size, workers, seed = (
+        trainer.context.device,
+        config.sampling.batch_size,
+        trainer.num_workers,
+        config.training.seed,
+    )
 
     def block(round_: int, steps: int) -> Samples:
-        sampler = RandomSampler(dataset, replacement=True, num_samples=steps * batch_size,
-                                generator=torch.Generator().manual_seed(seed + round_))
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                            generator=torch.Generator().manual_seed(seed + round_),
-                            pin_memory=device.type == "cuda")
+        sampler = RandomSampler(
+            dataset,
+            replacement=True,
+            num_samples=steps * batch_size,
+            generator=torch.Generator().manual_seed(seed + round_),
+        )
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            generator=torch.Generator().manual_seed(seed + round_),
+            pin_memory=device.type == "cuda",
+        )
         network.train()
         batches, samples = iter(loader), []
         for _ in range(steps):
@@ -191,6 +219,7 @@ def monai_block(config: Config, dataset: CacheDataset, network: torch.nn.Module,
             samples.append((time.perf_counter() - start, waited))
         del batches
         return samples
+
     return block
 
 
@@ -251,30 +280,43 @@ def main() -> None:
         names = list(methods)
         results: dict[str, Samples] = {name: [] for name in names}
         for round_ in range(args.rounds):
-            order = names[round_ % len(names):] + names[: round_ % len(names)]
+            order = names[round_ % len(names) :] + names[: round_ % len(names)]
             for name in order:
                 started = time.perf_counter()
                 drop = args.warmup if round_ == 0 else min(args.warmup, 1)
                 results[name] += methods[name](round_, drop + per_block)[drop:]
-                print(f"  round {round_ + 1}/{args.rounds}: {name}: {time.perf_counter() - started:.1f} s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  round {round_ + 1}/{args.rounds}: {name}: {time.perf_counter() - started:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if trainer.log is not None:
             trainer.log.close()
         trainer.train_loader = None  # its workers exit
 
     parameters = sum(p.numel() for p in initial.parameters())
-    print(f"# {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, {args.threads} torch threads, "
-          f"torch {torch.__version__}, monai {monai.__version__}, device {device}")
-    print(f"# config {args.config}: {config.network.name} {config.network.options} ({parameters / 1e6:.2f} M "
-          f"parameters), {classes} classes")
-    print(f"# batch {batch} x patch {patch}, loss {config.loss.name} "
-          f"(deep supervision {config.loss.deep_supervision}), "
-          f"{config.optimizer.name} lr {config.optimizer.lr} grad_clip {config.optimizer.grad_clip}, "
-          f"precision {trainer.autocast_dtype or 'fp32'}")
-    print(f"# data: {len(items)} training cases, cache {config.data.cache}, {trainer.num_workers} loader "
-          f"workers; setup: Trainer {trainer_setup:.1f} s (splits, caches, network), MONAI cache {monai_setup:.1f} s")
-    print(f"# {args.rounds} rounds x {per_block} measured steps per method (warm-up: {args.warmup} steps, "
-          f"then {min(args.warmup, 1)} per block)")
+    print(
+        f"# {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, {args.threads} torch threads, "
+        f"torch {torch.__version__}, monai {monai.__version__}, device {device}"
+    )
+    print(
+        f"# config {args.config}: {config.network.name} {config.network.options} ({parameters / 1e6:.2f} M "
+        f"parameters), {classes} classes"
+    )
+    print(
+        f"# batch {batch} x patch {patch}, loss {config.loss.name} "
+        f"(deep supervision {config.loss.deep_supervision}), "
+        f"{config.optimizer.name} lr {config.optimizer.lr} grad_clip {config.optimizer.grad_clip}, "
+        f"precision {trainer.autocast_dtype or 'fp32'}"
+    )
+    print(
+        f"# data: {len(items)} training cases, cache {config.data.cache}, {trainer.num_workers} loader "
+        f"workers; setup: Trainer {trainer_setup:.1f} s (splits, caches, network), MONAI cache {monai_setup:.1f} s"
+    )
+    print(
+        f"# {args.rounds} rounds x {per_block} measured steps per method (warm-up: {args.warmup} steps, "
+        f"then {min(args.warmup, 1)} per block)"
+    )
     print()
     floor = statistics.median(t for t, _ in results[names[0]])
     medians = {name: statistics.median(t for t, _ in samples) for name, samples in results.items()}
@@ -282,8 +324,10 @@ def main() -> None:
     for name, samples in results.items():
         wait = sum(w for _, w in samples) / sum(t for t, _ in samples)
         loads = "trainer" in name or "MONAI" in name
-        print(f"{name:<28} {medians[name]:8.3f} {min(t for t, _ in samples):8.3f} {1 / medians[name]:8.2f} "
-              f"{medians[name] / floor:7.3f} {f'{wait:.1%}' if loads else '-':>10}")
+        print(
+            f"{name:<28} {medians[name]:8.3f} {min(t for t, _ in samples):8.3f} {1 / medians[name]:8.2f} "
+            f"{medians[name] / floor:7.3f} {f'{wait:.1%}' if loads else '-':>10}"
+        )
     print()
     ratio = medians["volseg trainer"] / floor
     print(f"volseg trainer vs pure: {ratio:.3f}x (target <= 1.05x: {'met' if ratio <= 1.05 else 'NOT met'})")

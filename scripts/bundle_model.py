@@ -28,8 +28,11 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="the bundled model's name")
     parser.add_argument("--sample", help="case id of the sample (default: the first validation case)")
     parser.add_argument("--checkpoint", default="best.pt", help="checkpoint in the run folder (default best.pt)")
-    parser.add_argument("--no-sample", action="store_true",
-                        help="ship no sample case (data whose licence does not allow redistribution, e.g. BraTS)")
+    parser.add_argument(
+        "--no-sample",
+        action="store_true",
+        help="ship no sample case (data whose licence does not allow redistribution, e.g. BraTS)",
+    )
     parser.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16, half the size)")
     parser.add_argument("--attribution", type=Path, help="text file with the dataset's licence and citation")
     args = parser.parse_args()
@@ -59,9 +62,19 @@ def main() -> None:
     shutil.copy2(case.label, sample_dir / "label" / case.label.name)
     if args.attribution:
         shutil.copy2(args.attribution, sample_dir / "ATTRIBUTION.md")
-    (sample_dir / "sample.json").write_text(json.dumps(
-        {"case_id": sample_id, "images": [p.name for p in case.images], "label": f"label/{case.label.name}",
-         "held_out_in": str(args.run_dir), "fold": config.data.fold}, indent=2) + "\n")
+    (sample_dir / "sample.json").write_text(
+        json.dumps(
+            {
+                "case_id": sample_id,
+                "images": [p.name for p in case.images],
+                "label": f"label/{case.label.name}",
+                "held_out_in": str(args.run_dir),
+                "fold": config.data.fold,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB) and {sample_dir} (case {sample_id})")
 
 

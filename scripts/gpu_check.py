@@ -77,14 +77,42 @@ class Sizes:
     limits: dict[str, int]  # seconds per row kind
 
 
-GPU = Sizes("cuda", (48, 48, 40), "{deep_supervision: true, features: [8, 16, 32, 64]}", [32, 32, 32], None,
-            [112, 160, 160], 30, (240, 240, 155), 4, 12, (2, 8), (4, 155, 240, 240), (512, 512, 300), [128, 128, 128],
-            ("-m", "gpu"), {"resume": 60, "ddp": 90, "steps": 60, "syncs": 45, "wait": 90, "window": 90, "peak": 120,
-                            "pytest": 120})
-DRY = Sizes("cpu", (24, 24, 20), "{deep_supervision: true, features: [4, 8, 16, 32]}", [16, 16, 16],
-            "{deep_supervision: true, features: [4, 8, 16]}", [16, 16, 16], 8, (40, 40, 32), 2, 3, (1, 2),
-            (4, 24, 28, 24), (40, 36, 24), [16, 16, 16], ("-m", "gpu", "tests/test_gpu_inference.py"),
-            {"resume": 60, "ddp": 90, "steps": 60, "syncs": 30, "wait": 60, "window": 60, "peak": 60, "pytest": 60})
+GPU = Sizes(
+    "cuda",
+    (48, 48, 40),
+    "{deep_supervision: true, features: [8, 16, 32, 64]}",
+    [32, 32, 32],
+    None,
+    [112, 160, 160],
+    30,
+    (240, 240, 155),
+    4,
+    12,
+    (2, 8),
+    (4, 155, 240, 240),
+    (512, 512, 300),
+    [128, 128, 128],
+    ("-m", "gpu"),
+    {"resume": 60, "ddp": 90, "steps": 60, "syncs": 45, "wait": 90, "window": 90, "peak": 120, "pytest": 120},
+)
+DRY = Sizes(
+    "cpu",
+    (24, 24, 20),
+    "{deep_supervision: true, features: [4, 8, 16, 32]}",
+    [16, 16, 16],
+    "{deep_supervision: true, features: [4, 8, 16]}",
+    [16, 16, 16],
+    8,
+    (40, 40, 32),
+    2,
+    3,
+    (1, 2),
+    (4, 24, 28, 24),
+    (40, 36, 24),
+    [16, 16, 16],
+    ("-m", "gpu", "tests/test_gpu_inference.py"),
+    {"resume": 60, "ddp": 90, "steps": 60, "syncs": 30, "wait": 60, "window": 60, "peak": 60, "pytest": 60},
+)
 #: The whole table's budget: rows that would start after it are skipped (the shell script allows 8 minutes).
 TOTAL_SECONDS = 430
 
@@ -112,14 +140,24 @@ class Check:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def brats_config(check: Check, root: Path, *extra: str, network: str | None = None,
-                 patch: list[int] | None = None) -> Config:
+def brats_config(
+    check: Check, root: Path, *extra: str, network: str | None = None, patch: list[int] | None = None
+) -> Config:
     """configs/brats.yaml on the synthetic cases in ``root``: every case trained (no validation), no
     workers, 2 epochs of 3 steps on the check's device, with ``extra`` overrides (``section.key=value``)."""
     patch = patch or check.sizes.patch
-    overrides = [f"data.root={root}", "data.fold=-1", "data.validation_cases=0", "data.num_workers=0",
-                 "training.epochs=2", "training.iterations_per_epoch=3", "training.val_every=100",
-                 f"training.device={check.sizes.device}", f"sampling.patch_size={patch}", f"inference.roi_size={patch}"]
+    overrides = [
+        f"data.root={root}",
+        "data.fold=-1",
+        "data.validation_cases=0",
+        "data.num_workers=0",
+        "training.epochs=2",
+        "training.iterations_per_epoch=3",
+        "training.val_every=100",
+        f"training.device={check.sizes.device}",
+        f"sampling.patch_size={patch}",
+        f"inference.roi_size={patch}",
+    ]
     if network:
         overrides.append(f"network.options={network}")
     return load_config(REPO / "configs" / "brats.yaml", overrides + list(extra))
@@ -190,15 +228,28 @@ def ddp_worker(check: Check) -> None:
             raise RuntimeError(f"the network is not wrapped in DDP: {type(trainer.model).__name__}")
         result = trainer.fit()
         losses = [row["train_loss"] for row in result.history]
-        print(f"{backend} DDP, deep supervision, {result.epochs_run} epochs x {config.training.iterations_per_epoch} "
-              f"steps; losses " + ", ".join(f"{v:.3f}" for v in losses), flush=True)
+        print(
+            f"{backend} DDP, deep supervision, {result.epochs_run} epochs x {config.training.iterations_per_epoch} "
+            f"steps; losses " + ", ".join(f"{v:.3f}" for v in losses),
+            flush=True,
+        )
     finally:
         dist.destroy_process_group()
 
 
 def row_ddp(check: Check) -> str:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", __file__,
-               "--ddp-worker", "--work", str(check.work)] + (["--cpu-dry-run"] if not check.cuda else [])
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "1",
+        __file__,
+        "--ddp-worker",
+        "--work",
+        str(check.work),
+    ] + (["--cpu-dry-run"] if not check.cuda else [])
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     if done.returncode != 0 or not lines:
@@ -209,8 +260,9 @@ def row_ddp(check: Check) -> str:
 
 def row_steps(check: Check, precision: str) -> str:
     root = write_brats_cases(check.work / "small", check.sizes.small_shape, 4)
-    config = brats_config(check, root, f"training.precision={precision}", "data.cache=none",
-                          network=check.sizes.brats_network)
+    config = brats_config(
+        check, root, f"training.precision={precision}", "data.cache=none", network=check.sizes.brats_network
+    )
     trainer = new_trainer(config, check.work / f"steps_{precision}")
     trainer.model.train()
     images, regions = synthetic_batch(config, check.device, torch.Generator().manual_seed(0))
@@ -230,8 +282,10 @@ def row_steps(check: Check, precision: str) -> str:
     if not tail < head:
         raise RuntimeError(f"the loss did not fall over {len(losses)} steps: {head:.4f} -> {tail:.4f}")
     scaler = " (scaler)" if getattr(trainer, "scaler", None) is not None else ""
-    return (f"{1 / np.median(timed):.2f} steps/s{scaler}, batch {config.sampling.batch_size} x "
-            f"{'x'.join(map(str, config.sampling.patch_size))}; loss {head:.3f} -> {tail:.3f} over {len(losses)} steps")
+    return (
+        f"{1 / np.median(timed):.2f} steps/s{scaler}, batch {config.sampling.batch_size} x "
+        f"{'x'.join(map(str, config.sampling.patch_size))}; loss {head:.3f} -> {tail:.3f} over {len(losses)} steps"
+    )
 
 
 def row_syncs(check: Check) -> str:
@@ -268,16 +322,23 @@ def row_syncs(check: Check) -> str:
 
 def row_data_wait(check: Check, workers: int) -> str:
     root = write_brats_cases(check.work / "brats", check.sizes.case_shape, check.sizes.cases)
-    config = brats_config(check, root, f"data.num_workers={workers}", "data.cache=memory",
-                          f"training.iterations_per_epoch={check.sizes.loader_steps}",
-                          network=check.sizes.brats_network)
+    config = brats_config(
+        check,
+        root,
+        f"data.num_workers={workers}",
+        "data.cache=memory",
+        f"training.iterations_per_epoch={check.sizes.loader_steps}",
+        network=check.sizes.brats_network,
+    )
     trainer = new_trainer(config, check.work / f"wait_{workers}")
     with cudnn_benchmark():
         trainer.train_epoch(0)  # starts the workers and autotunes cuDNN
         epoch = trainer.train_epoch(1)
     close(trainer)
-    return (f"{epoch['data_wait']:.1%} of {epoch['epoch_seconds']:.1f} s waiting, {workers} workers, "
-            f"{check.sizes.loader_steps} steps of batch {config.sampling.batch_size}")
+    return (
+        f"{epoch['data_wait']:.1%} of {epoch['epoch_seconds']:.1f} s waiting, {workers} workers, "
+        f"{check.sizes.loader_steps} steps of batch {config.sampling.batch_size}"
+    )
 
 
 def row_window(check: Check, autocast: str | None) -> str:
@@ -294,13 +355,16 @@ def row_window(check: Check, autocast: str | None) -> str:
     roi, flips = check.sizes.patch, [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
 
     def ours() -> torch.Tensor:
-        return sliding_window_inference(network, image, roi, overlap=0.5, tta_flips=[0, 1, 2], autocast=autocast,
-                                        output_device=check.device)
+        return sliding_window_inference(
+            network, image, roi, overlap=0.5, tta_flips=[0, 1, 2], autocast=autocast, output_device=check.device
+        )
 
     def monai() -> torch.Tensor:
         total = None
-        with torch.inference_mode(), torch.autocast(check.device.type, dtype=AUTOCAST_DTYPES.get(autocast),
-                                                     enabled=autocast is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(check.device.type, dtype=AUTOCAST_DTYPES.get(autocast), enabled=autocast is not None),
+        ):
             for dims in flips:
                 out = monai_window(image.flip(dims) if dims else image, roi, 4, network, overlap=0.5, mode="gaussian")
                 out = out.float().flip(dims) if dims else out.float()
@@ -318,8 +382,10 @@ def row_window(check: Check, autocast: str | None) -> str:
             times[name] = (time.perf_counter() - started, result)
     agree = ((times["volseg"][1] > 0) == (times["monai"][1] > 0)).float().mean().item()
     fast, slow = times["volseg"][0], times["monai"][0]
-    return (f"volseg {fast:.2f} s, MONAI {slow:.2f} s ({slow / fast:.2f}x), 8 mirrorings, "
-            f"{'x'.join(map(str, check.sizes.volume))}; masks agree on {agree:.2%}")
+    return (
+        f"volseg {fast:.2f} s, MONAI {slow:.2f} s ({slow / fast:.2f}x), 8 mirrorings, "
+        f"{'x'.join(map(str, check.sizes.volume))}; masks agree on {agree:.2%}"
+    )
 
 
 def row_peak_memory(check: Check) -> str:
@@ -336,11 +402,14 @@ def row_peak_memory(check: Check) -> str:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.conv(x)
 
-    config = config_from_dict({
-        "data": {"labels": {value: f"class {value}" for value in range(100)}, "channels": ["image"]},
-        "preprocessing": {"orientation": "RAS", "spacing": None, "intensity": "none", "crop_foreground": False},
-        "sampling": {"patch_size": check.sizes.big_roi}, "inference": {"overlap": 0.25},
-    })
+    config = config_from_dict(
+        {
+            "data": {"labels": {value: f"class {value}" for value in range(100)}, "channels": ["image"]},
+            "preprocessing": {"orientation": "RAS", "spacing": None, "intensity": "none", "crop_foreground": False},
+            "sampling": {"patch_size": check.sizes.big_roi},
+            "inference": {"overlap": 0.25},
+        }
+    )
     predictor = Predictor(Pointwise(), config, device=check.sizes.device, tta=False, autocast=None, mask_nonzero=False)
     shape = check.sizes.big_shape
     volume = Volume(np.random.default_rng(0).standard_normal(shape, dtype=np.float32), np.eye(4))
@@ -403,6 +472,7 @@ class RowTimeout(Exception):
 @contextlib.contextmanager
 def time_limit(seconds: int) -> Iterator[None]:
     """Raise :class:`RowTimeout` in this (main) thread after ``seconds``."""
+
     def expire(*_args: object) -> None:
         raise RowTimeout(f"over its {seconds} s limit")
 

@@ -42,8 +42,9 @@ def write_brats_cases(root: Path, shape: tuple[int, int, int], count: int) -> Pa
     return root
 
 
-def synthetic_batch(config: Config, device: torch.device,
-                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_batch(
+    config: Config, device: torch.device, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A learnable batch of the config's shape: images (B, 4, *patch) with a sphere brighter in every
     channel, and its region maps (B, R, *patch) (nested spheres, in the config's region order)."""
     batch, patch = config.sampling.batch_size, config.sampling.patch_size

@@ -49,9 +49,15 @@ def nnunet_sliding_window(
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap={overlap} is not valid; allowed: 0 <= overlap < 1")
     with contextlib.redirect_stdout(io.StringIO()):  # its "only supported for cuda devices" notice
-        predictor = nnUNetPredictor(tile_step_size=1.0 - overlap, use_gaussian=True, use_mirroring=False,
-                                    perform_everything_on_device=False, device=torch.device("cpu"),
-                                    verbose=False, allow_tqdm=False)
+        predictor = nnUNetPredictor(
+            tile_step_size=1.0 - overlap,
+            use_gaussian=True,
+            use_mirroring=False,
+            perform_everything_on_device=False,
+            device=torch.device("cpu"),
+            verbose=False,
+            allow_tqdm=False,
+        )
     predictor.network = network
     predictor.configuration_manager = SimpleNamespace(patch_size=[int(r) for r in roi])
     predictor.label_manager = SimpleNamespace(num_segmentation_heads=int(num_classes))
@@ -62,8 +68,10 @@ def nnunet_sliding_window(
             raise ValueError(f"expected a (1, C, D, H, W) image, got {tuple(image.shape)}")
         return predictor.predict_sliding_window_return_logits(image[0])[None]
 
-    description = (f"nnU-Net v2 {metadata.version('nnunetv2')} nnUNetPredictor (tile_step_size {1.0 - overlap:g}, "
-                   "Gaussian, no mirroring, CPU, 1 window per call, float16 accumulation)")
+    description = (
+        f"nnU-Net v2 {metadata.version('nnunetv2')} nnUNetPredictor (tile_step_size {1.0 - overlap:g}, "
+        "Gaussian, no mirroring, CPU, 1 window per call, float16 accumulation)"
+    )
     return run, description
 
 
@@ -77,8 +85,14 @@ def _check() -> None:
     from volseg.inference import sliding_window_inference, window_starts
 
     torch.manual_seed(0)
-    network = UNet(spatial_dims=3, in_channels=4, out_channels=3, channels=(8, 16, 32, 64, 128),
-                   strides=(2, 2, 2, 2), num_res_units=2).eval()
+    network = UNet(
+        spatial_dims=3,
+        in_channels=4,
+        out_channels=3,
+        channels=(8, 16, 32, 64, 128),
+        strides=(2, 2, 2, 2),
+        num_res_units=2,
+    ).eval()
     image, roi, overlap, threads = torch.randn(1, 4, 70, 100, 100), (64, 64, 64), 0.5, torch.get_num_threads()
     runner, description = nnunet_sliding_window(network, roi, overlap, num_classes=3)
     if runner is None:
@@ -88,8 +102,13 @@ def _check() -> None:
     steps = compute_steps_for_sliding_window(tuple(image.shape[2:]), roi, 1.0 - overlap)
     ours = [window_starts(s, r, overlap) for s, r in zip(image.shape[2:], roi)]
     print(f"window starts: nnU-Net {steps}, volseg {ours}: {'same' if steps == ours else 'DIFFERENT'}")
-    mismatches = [(n, w, o) for n in range(32, 400) for w in (32, 64, 96, 128) for o in (0.25, 0.5, 0.75)
-                  if n >= w and compute_steps_for_sliding_window((n,), (w,), 1.0 - o)[0] != window_starts(n, w, o)]
+    mismatches = [
+        (n, w, o)
+        for n in range(32, 400)
+        for w in (32, 64, 96, 128)
+        for o in (0.25, 0.5, 0.75)
+        if n >= w and compute_steps_for_sliding_window((n,), (w,), 1.0 - o)[0] != window_starts(n, w, o)
+    ]
     print(f"window starts, sizes 32..399, windows 32/64/96/128, overlaps 0.25/0.5/0.75: {len(mismatches)} differ")
 
     def volseg(x: torch.Tensor) -> torch.Tensor:
@@ -108,14 +127,18 @@ def _check() -> None:
             cover[window] += weights
         return (total / cover).float()[:, :, pad : x.shape[2] - pad]
 
-    for name, x, pad in (("70x100x100", image, 0),
-                         ("50x70x70 (nnU-Net pads it to 64x70x70)", torch.randn(1, 4, 50, 70, 70), 7)):
+    for name, x, pad in (
+        ("70x100x100", image, 0),
+        ("50x70x70 (nnU-Net pads it to 64x70x70)", torch.randn(1, 4, 50, 70, 70), 7),
+    ):
         theirs, mine, reference = runner(x).float(), volseg(x), exact(x, pad)
         agree = (theirs.argmax(1) == mine.argmax(1)).float().mean()
-        print(f"{name}: max |logit| {mine.abs().max():.2f}; max |nnU-Net - volseg| {(theirs - mine).abs().max():.2e} "
-              f"(mean {(theirs - mine).abs().mean():.2e}, argmax agreement {agree:.4f}); "
-              f"max |nnU-Net - its float64 blend| {(theirs - reference).abs().max():.2e}, "
-              f"max |volseg - nnU-Net's float64 blend| {(mine - reference).abs().max():.2e}")
+        print(
+            f"{name}: max |logit| {mine.abs().max():.2f}; max |nnU-Net - volseg| {(theirs - mine).abs().max():.2e} "
+            f"(mean {(theirs - mine).abs().mean():.2e}, argmax agreement {agree:.4f}); "
+            f"max |nnU-Net - its float64 blend| {(theirs - reference).abs().max():.2e}, "
+            f"max |volseg - nnU-Net's float64 blend| {(mine - reference).abs().max():.2e}"
+        )
     for name, run in (("nnU-Net", runner), ("volseg (sw_batch_size=4)", volseg)):
         started = time.perf_counter()
         run(image)

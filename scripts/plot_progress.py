@@ -55,8 +55,14 @@ def main() -> None:
     for reference in args.reference:
         structure, _, dice = reference.partition("=")
         axis.axhline(float(dice), linestyle="--", linewidth=1, color="grey")
-        axis.annotate(f"nnU-Net {structure} {float(dice):.4f}", (0, float(dice)), fontsize=8, color="grey",
-                      xytext=(2, 2), textcoords="offset points")
+        axis.annotate(
+            f"nnU-Net {structure} {float(dice):.4f}",
+            (0, float(dice)),
+            fontsize=8,
+            color="grey",
+            xytext=(2, 2),
+            textcoords="offset points",
+        )
     axis.set_xlabel("training hours (2-core CPU; validation not counted)")
     axis.set_ylabel("held-out Dice (mean, 95 % CI)")
     axis.set_title(args.title)

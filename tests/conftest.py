@@ -74,10 +74,18 @@ def write_msd(root: Path, *, cases=4, shape=(20, 24, 16), spacing=(1.0, 1.0, 1.0
         write_nifti(root / "imagesTr" / name, image, spacing)
         write_nifti(root / "labelsTr" / name, label, spacing)
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    (root / "dataset.json").write_text(json.dumps({
-        "name": "tiny", "modality": {"0": modality}, "labels": {"0": "background", "1": "outer", "2": "inner"},
-        "numTraining": cases, "training": training, "test": [],
-    }))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "tiny",
+                "modality": {"0": modality},
+                "labels": {"0": "background", "1": "outer", "2": "inner"},
+                "numTraining": cases,
+                "training": training,
+                "test": [],
+            }
+        )
+    )
     return root
 
 

@@ -75,7 +75,7 @@ def test_the_import_graph_has_no_cycle():
         stack.append(node)
         for child in sorted(graph[node]):
             if state.get(child) == "open":
-                cycles.append(" -> ".join([*stack[stack.index(child):], child]))
+                cycles.append(" -> ".join([*stack[stack.index(child) :], child]))
             elif child not in state:
                 walk(child)
         stack.pop()
@@ -91,6 +91,10 @@ def test_every_module_has_a_layer_and_imports_point_down():
     graph = import_graph()
     unplaced = sorted(module for module in graph if _layer(module) is None)
     assert not unplaced, f"modules without a layer in LAYERS: {unplaced}"
-    upward = [f"{module} (layer {_layer(module)}) imports {dep} (layer {_layer(dep)})"
-              for module, deps in graph.items() for dep in sorted(deps) if _layer(dep) > _layer(module)]
+    upward = [
+        f"{module} (layer {_layer(module)}) imports {dep} (layer {_layer(dep)})"
+        for module, deps in graph.items()
+        for dep in sorted(deps)
+        if _layer(dep) > _layer(module)
+    ]
     assert not upward, "imports against the layers:\n" + "\n".join(upward)

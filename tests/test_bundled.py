@@ -36,15 +36,20 @@ def test_bundled_model_segments_its_held_out_sample():
     prediction = predictor.predict(read_volume(image))
     reference = read_volume(label).array
     assert prediction.shape == reference.shape
-    scores = evaluate_case(prediction, reference, spacing=read_volume(label).spacing,
-                           structures={"anterior": [1], "posterior": [2]})
+    scores = evaluate_case(
+        prediction, reference, spacing=read_volume(label).spacing, structures={"anterior": [1], "posterior": [2]}
+    )
     assert np.mean([scores["anterior"]["dice"], scores["posterior"]["dice"]]) >= 0.85
 
 
 def test_the_demo_command(tmp_path, capsys):
     folder, image, _ = sample_files()
-    assert main(["predict", "-m", "hippocampus", "-i", str(folder), "-o", str(tmp_path), "--stats", "--preview",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            ["predict", "-m", "hippocampus", "-i", str(folder), "-o", str(tmp_path), "--stats", "--preview", "--quiet"]
+        )
+        == 0
+    )
     stem = image.name.removesuffix(".nii.gz")
     assert {p.name for p in tmp_path.iterdir()} == {f"{stem}.nii.gz", f"{stem}_stats.json", f"{stem}_preview.png"}
     out = capsys.readouterr().out

@@ -84,12 +84,18 @@ class PointwiseNet(SegmentationNetwork):
 
 
 def hundred_class_predictor() -> Predictor:
-    config = config_from_dict({
-        "data": {"labels": {i: f"class{i}" for i in range(100)}, "channels": ["image"]},
-        "preprocessing": {"orientation": "RAS", "spacing": [1.3, 1.1, 0.9], "intensity": "none",
-                          "crop_foreground": False},
-        "sampling": {"patch_size": [16, 16, 16]},
-    })
+    config = config_from_dict(
+        {
+            "data": {"labels": {i: f"class{i}" for i in range(100)}, "channels": ["image"]},
+            "preprocessing": {
+                "orientation": "RAS",
+                "spacing": [1.3, 1.1, 0.9],
+                "intensity": "none",
+                "crop_foreground": False,
+            },
+            "sampling": {"patch_size": [16, 16, 16]},
+        }
+    )
     return Predictor(PointwiseNet().eval(), config, device="cpu", mask_nonzero=False)
 
 
@@ -111,8 +117,9 @@ def test_a_hundred_classes_never_need_every_class_map_at_once(monkeypatch):
 
     monkeypatch.setattr("volseg.inference.predictor.probability_chunks", recorded)
     with LargestTensor() as meter:
-        labels, probabilities, entropy = predictor._outputs_on_input_grid(scores, data, activated=False,
-                                                                          probabilities=True, entropy=True)
+        labels, probabilities, entropy = predictor._outputs_on_input_grid(
+            scores, data, activated=False, probabilities=True, entropy=True
+        )
     assert chunks == [10] * 10
     assert meter.largest <= 10 * max(scores[0].numel(), 24 * 20 * 18) < scores.numel() // 5  # one chunk, never 100 maps
     assert np.array_equal(labels, whole.labels)

@@ -34,8 +34,16 @@ def test_defaults_are_independent_copies():
 
 
 def test_overrides_are_parsed_as_yaml():
-    values = apply_overrides({}, ["training.epochs=7", "optimizer.lr=1e-3", "data.labels={0: bg, 1: a}",
-                                  "network.options.features=[8, 16]", "data.root=/tmp/x=y"])
+    values = apply_overrides(
+        {},
+        [
+            "training.epochs=7",
+            "optimizer.lr=1e-3",
+            "data.labels={0: bg, 1: a}",
+            "network.options.features=[8, 16]",
+            "data.root=/tmp/x=y",
+        ],
+    )
     config = config_from_dict(values)
     assert config.training.epochs == 7 and config.optimizer.lr == pytest.approx(1e-3)
     assert config.data.labels == {0: "bg", 1: "a"}

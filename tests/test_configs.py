@@ -23,8 +23,13 @@ def test_config_builds_a_network_that_takes_its_patch(path):
     config = load_config(path)
     assert path.read_text().startswith("#")  # commented: says what it is for and how it was made
     with torch.device("meta"):
-        model = create_model(config.network.name, config.network.spatial_dims, max(len(config.data.channels), 1),
-                             output_channels(config), **config.network.options)
+        model = create_model(
+            config.network.name,
+            config.network.spatial_dims,
+            max(len(config.data.channels), 1),
+            output_channels(config),
+            **config.network.options,
+        )
     assert model.is_valid_input_shape(config.sampling.patch_size)
     assert model.is_valid_input_shape(config.inference.roi_size or config.sampling.patch_size)
     assert config.inference.mask_nonzero == (config.preprocessing.intensity == "mri")  # as `volseg plan` writes

@@ -31,8 +31,9 @@ def _free_port() -> int:
 
 def _run_rank(rank: int, world_size: int, port: int, values: dict, run_dir: str, out_dir: str, poison: dict) -> None:
     """Train as ``rank``; save its weights, its epochs' rows, and the TrainingError it raised (or None)."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     exit_file = Path(out_dir) / f"rank{rank}-in-group-at-exit.txt"
     atexit.register(lambda: exit_file.write_text(str(dist.is_initialized())))  # runs after volseg's own handler
@@ -46,15 +47,22 @@ def _run_rank(rank: int, world_size: int, port: int, values: dict, run_dir: str,
     except TrainingError as raised:
         error = str(raised)
     history = trainer.log.history if trainer.log else []
-    torch.save({"state": trainer.network.state_dict(), "rows": rows, "history": history, "error": error},
-               f"{out_dir}/rank{rank}.pt")
+    torch.save(
+        {"state": trainer.network.state_dict(), "rows": rows, "history": history, "error": error},
+        f"{out_dir}/rank{rank}.pt",
+    )
 
 
 def _train_two_ranks(tmp_path, make_msd, *, network: dict, training: dict, poison: dict | None = None) -> list[dict]:
     root = make_msd(tmp_path / "msd", cases=4, shape=(24, 24, 20))
     values = {
-        "data": {"root": str(root), "channels": ["MRI"], "labels": {0: "background", 1: "outer", 2: "inner"},
-                 "num_folds": 2, "num_workers": 0},
+        "data": {
+            "root": str(root),
+            "channels": ["MRI"],
+            "labels": {0: "background", 1: "outer", 2: "inner"},
+            "num_folds": 2,
+            "num_workers": 0,
+        },
         "network": {"options": {"norm": "instance", **network}},
         "sampling": {"patch_size": [16, 16, 16], "batch_size": 1},
         "loss": {"deep_supervision": bool(network.get("deep_supervision"))},
@@ -70,8 +78,9 @@ def _same_weights(first: dict, second: dict) -> bool:
 
 
 def test_two_gloo_ranks_end_with_identical_weights(tmp_path, make_msd):
-    first, second = _train_two_ranks(tmp_path, make_msd, network={"features": [4, 8]},
-                                     training={"epochs": 2, "iterations_per_epoch": 3})
+    first, second = _train_two_ranks(
+        tmp_path, make_msd, network={"features": [4, 8]}, training={"epochs": 2, "iterations_per_epoch": 3}
+    )
     assert _same_weights(first, second)
     # The ranks trained on different patches, so the reduced loss is what both report.
     losses = [row["train_loss"] for row in first["rows"]]
@@ -86,8 +95,13 @@ def test_deep_supervision_on_four_stages_and_a_nan_loss_on_one_rank(tmp_path, ma
     # The coarsest of the 3 outputs weighs 0, so its head never gets a gradient; rank 1's loss
     # is NaN at its second step, which both ranks skip.
     network = {"features": [4, 8, 16, 32], "deep_supervision": True}
-    first, second = _train_two_ranks(tmp_path, make_msd, network=network, poison={1: {1: math.nan}},
-                                     training={"epochs": 1, "iterations_per_epoch": 4})
+    first, second = _train_two_ranks(
+        tmp_path,
+        make_msd,
+        network=network,
+        poison={1: {1: math.nan}},
+        training={"epochs": 1, "iterations_per_epoch": 4},
+    )
     assert first["error"] is None and second["error"] is None
     assert _same_weights(first, second)
     assert [row["skipped_steps"] for row in first["rows"]] == [row["skipped_steps"] for row in second["rows"]] == [1]
@@ -95,9 +109,13 @@ def test_deep_supervision_on_four_stages_and_a_nan_loss_on_one_rank(tmp_path, ma
 
 
 def test_every_rank_gives_up_together_when_one_rank_keeps_failing(tmp_path, make_msd):
-    first, second = _train_two_ranks(tmp_path, make_msd, network={"features": [4, 8]},
-                                     poison={1: {0: math.inf, 1: math.nan}},  # rank 0's losses stay finite
-                                     training={"epochs": 1, "iterations_per_epoch": 3, "max_nonfinite_steps": 2})
+    first, second = _train_two_ranks(
+        tmp_path,
+        make_msd,
+        network={"features": [4, 8]},
+        poison={1: {0: math.inf, 1: math.nan}},  # rank 0's losses stay finite
+        training={"epochs": 1, "iterations_per_epoch": 3, "max_nonfinite_steps": 2},
+    )
     assert first["error"] == second["error"]
     assert "inf or NaN for 2 steps in a row (training.max_nonfinite_steps=2)" in first["error"]
     assert _same_weights(first, second)

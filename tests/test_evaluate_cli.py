@@ -27,8 +27,21 @@ def test_files_with_labels_and_a_csv_report(tmp_path, capsys):
     write_labels(tmp_path / "pred.nii.gz", blocks(shift=1))
     write_labels(tmp_path / "ref.nii.gz", blocks())
     report = tmp_path / "report.csv"
-    assert main(["evaluate", str(tmp_path / "pred.nii.gz"), str(tmp_path / "ref.nii.gz"), "--labels", "1,2",
-                 "-o", str(report), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "pred.nii.gz"),
+                str(tmp_path / "ref.nii.gz"),
+                "--labels",
+                "1,2",
+                "-o",
+                str(report),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Dice" in out and out.count("±") >= 8
     rows = list(csv.DictReader(report.open()))
@@ -49,8 +62,19 @@ def test_brats_conventions_score_alike(tmp_path, capsys):
     for convention, value in (("2021", 4), ("2023", 3)):
         write_labels(tmp_path / convention / "p.nii.gz", blocks(shift=1, enhancing=value))
         write_labels(tmp_path / convention / "r.nii.gz", blocks(enhancing=value))
-        assert main(["evaluate", str(tmp_path / convention / "p.nii.gz"), str(tmp_path / convention / "r.nii.gz"),
-                     "--regions", "brats", "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(tmp_path / convention / "p.nii.gz"),
+                    str(tmp_path / convention / "r.nii.gz"),
+                    "--regions",
+                    "brats",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         tables.append(capsys.readouterr().out.strip().splitlines())
     assert tables[0] == tables[1] and len(tables[0]) == 5  # header lines + WT, TC, ET
 

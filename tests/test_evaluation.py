@@ -23,11 +23,20 @@ IDS = [f"case_{i:03d}" for i in range(20)]
 
 
 # --------------------------------------------------------------------------- the carve
-@pytest.mark.parametrize(("num_train", "size", "expected"), [
-    (20, 0.1, 2), (20, 0.12, 2), (20, 0.13, 3), (5, 0.1, 1), (20, 3, 3), (20, 3.0, 3), (20, 0, 0),
-    (4, 10, 3),  # at least one case is left to train on
-    (1, 0.5, 0),  # a single training case is never set aside
-])
+@pytest.mark.parametrize(
+    ("num_train", "size", "expected"),
+    [
+        (20, 0.1, 2),
+        (20, 0.12, 2),
+        (20, 0.13, 3),
+        (5, 0.1, 1),
+        (20, 3, 3),
+        (20, 3.0, 3),
+        (20, 0, 0),
+        (4, 10, 3),  # at least one case is left to train on
+        (1, 0.5, 0),  # a single training case is never set aside
+    ],
+)
 def test_validation_count(num_train, size, expected):
     assert validation_count(num_train, size) == expected
 
@@ -58,10 +67,13 @@ def test_folds_keep_their_validation_cases_and_nnunet_files_still_load(tmp_path)
     assert loaded[0]["validation"] == folds[0]["validation"] and "validation" not in loaded[1]
 
 
-@pytest.mark.parametrize(("validation", "message"), [
-    (["case_999"], "outside its \"train\" list"),
-    (None, "leaves none to train on"),
-])
+@pytest.mark.parametrize(
+    ("validation", "message"),
+    [
+        (["case_999"], 'outside its "train" list'),
+        (None, "leaves none to train on"),
+    ],
+)
 def test_a_validation_list_outside_train_or_covering_it_is_refused(tmp_path, validation, message):
     folds = make_folds(IDS, 4)
     folds[0]["validation"] = validation if validation is not None else list(folds[0]["train"])

@@ -34,14 +34,21 @@ def make_checkpoint(name="unet", *, regions=None, training=None, **options):
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
-    config = config_from_dict({
-        "data": {"channels": ["t1", "flair"], "labels": labels, "regions": regions},
-        "preprocessing": {"intensity": "ct", "clip": [-100.0, 200.0], "mean": 50.0, "std": 25.0,
-                          "spacing": [1.0, 1.0, 2.0]},
-        "network": {"name": name, "options": options},
-        "sampling": {"patch_size": [16, 16, 16]},
-        "inference": {"overlap": 0.25, "tta_flips": [0, 1]},
-    })
+    config = config_from_dict(
+        {
+            "data": {"channels": ["t1", "flair"], "labels": labels, "regions": regions},
+            "preprocessing": {
+                "intensity": "ct",
+                "clip": [-100.0, 200.0],
+                "mean": 50.0,
+                "std": 25.0,
+                "spacing": [1.0, 1.0, 2.0],
+            },
+            "network": {"name": name, "options": options},
+            "sampling": {"patch_size": [16, 16, 16]},
+            "inference": {"overlap": 0.25, "tta_flips": [0, 1]},
+        }
+    )
     return model.eval(), build_checkpoint(model, config, metrics={"dice": 0.75}, training=training)
 
 
@@ -87,7 +94,10 @@ def test_model_json_says_how_to_use_the_network(tmp_path):
     assert meta["input_channels"] == ["t1", "flair"]
     assert meta["outputs"]["activation"] == "softmax"
     assert [(c["index"], c["label"], c["name"]) for c in meta["outputs"]["channels"]] == [
-        (0, 0, "background"), (1, 1, "liver"), (2, 2, "tumour")]
+        (0, 0, "background"),
+        (1, 1, "liver"),
+        (2, 2, "tumour"),
+    ]
     assert meta["inference"]["roi_size"] == [8, 16, 24] and meta["inference"]["overlap"] == 0.25
     assert meta["inference"]["tta_flips"] == [0, 1] and meta["inference"]["blend"] == "gaussian"
     assert meta["inference"]["mask_nonzero"] is False

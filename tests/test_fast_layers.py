@@ -101,8 +101,12 @@ def test_two_pass_instance_norm_matches(dims, affine):
 
 def _small_network() -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv3d(2, 8, 3, stride=2, padding=1), nn.InstanceNorm3d(8, affine=True), nn.LeakyReLU(0.01),
-        nn.ConvTranspose3d(8, 3, 3, stride=2, padding=1, output_padding=1), nn.InstanceNorm3d(3), nn.PReLU(),
+        nn.Conv3d(2, 8, 3, stride=2, padding=1),
+        nn.InstanceNorm3d(8, affine=True),
+        nn.LeakyReLU(0.01),
+        nn.ConvTranspose3d(8, 3, 3, stride=2, padding=1, output_padding=1),
+        nn.InstanceNorm3d(3),
+        nn.PReLU(),
     ).eval()
 
 
@@ -110,8 +114,14 @@ def test_with_fast_layers_copies_structure_shares_weights():
     network = _small_network()
     fast = with_fast_layers(network)
     assert fast is not network
-    assert [type(m) for m in network] == [nn.Conv3d, nn.InstanceNorm3d, nn.LeakyReLU, nn.ConvTranspose3d,
-                                          nn.InstanceNorm3d, nn.PReLU]  # the original is untouched
+    assert [type(m) for m in network] == [
+        nn.Conv3d,
+        nn.InstanceNorm3d,
+        nn.LeakyReLU,
+        nn.ConvTranspose3d,
+        nn.InstanceNorm3d,
+        nn.PReLU,
+    ]  # the original is untouched
     assert [type(m) for m in fast][1::2] == [TwoPassInstanceNorm, SubpixelConvTranspose, nn.PReLU]
     assert {p.data_ptr() for p in fast.parameters()} == {p.data_ptr() for p in network.parameters()}
     assert with_fast_layers(network) is fast  # cached

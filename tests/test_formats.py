@@ -53,6 +53,7 @@ def _nib_write(cls):
     def write(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
         nib.save(cls(array, affine), str(path))
         return path
+
     return write
 
 
@@ -116,9 +117,20 @@ def test_analyze_without_orientation_is_read_with_a_warning(tmp_path, caplog):
     assert volume.orientation[0] == "L"
 
 
-@pytest.mark.parametrize("name", ["tiny.mnc", "minc1_1_scale.mnc", "phantom_EPI_asc_CLEAR_2_1.PAR",
-                                  "phantom_EPI_asc_CLEAR_2_1.REC", "scaled+tlrc.HEAD", "scaled+tlrc.BRIK",
-                                  "example4d+orig.BRIK.gz", "test.mgz", "example_nifti2.nii.gz"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tiny.mnc",
+        "minc1_1_scale.mnc",
+        "phantom_EPI_asc_CLEAR_2_1.PAR",
+        "phantom_EPI_asc_CLEAR_2_1.REC",
+        "scaled+tlrc.HEAD",
+        "scaled+tlrc.BRIK",
+        "example4d+orig.BRIK.gz",
+        "test.mgz",
+        "example_nifti2.nii.gz",
+    ],
+)
 def test_nibabel_formats_read_as_nibabel_reads_them(name):
     volume, img = read_volume(NIB_DATA / name), nib.load(str(NIB_DATA / name))
     squeezed = tuple(n for i, n in enumerate(img.shape) if i < 3 or n != 1)
@@ -153,16 +165,19 @@ def _gifti(path: Path) -> None:
     nib.save(nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(np.zeros(4, np.float32))]), str(path))
 
 
-@pytest.mark.parametrize("name,make,what", [
-    ("row_major.dconn.nii", None, "CIFTI-2 file"),
-    ("surface.gii", _gifti, "GIFTI file"),
-    ("simple.trk", None, "streamlines"),
-    ("notes.txt", lambda p: p.write_text("hello\n"), "text file"),
-    ("T1.PAR", None, "PAR/REC header without its data file (T1.REC is missing)"),
-    ("analyze.hdr", None, "without its data file (analyze.img is missing)"),
-    ("minc2_baddim.mnc", None, "not a readable image"),
-    ("scan.png", lambda p: p.write_bytes(b"\x89PNG"), "unknown file extension; supported: NIfTI"),
-])
+@pytest.mark.parametrize(
+    "name,make,what",
+    [
+        ("row_major.dconn.nii", None, "CIFTI-2 file"),
+        ("surface.gii", _gifti, "GIFTI file"),
+        ("simple.trk", None, "streamlines"),
+        ("notes.txt", lambda p: p.write_text("hello\n"), "text file"),
+        ("T1.PAR", None, "PAR/REC header without its data file (T1.REC is missing)"),
+        ("analyze.hdr", None, "without its data file (analyze.img is missing)"),
+        ("minc2_baddim.mnc", None, "not a readable image"),
+        ("scan.png", lambda p: p.write_bytes(b"\x89PNG"), "unknown file extension; supported: NIfTI"),
+    ],
+)
 def test_files_that_are_no_volume_are_refused_in_one_line(name, make, what, tmp_path):
     path = NIB_DATA / name if make is None else tmp_path / name
     if make is not None:
@@ -178,7 +193,13 @@ def test_the_suffix_table_serves_reading_discovery_and_pairing(tmp_path):
     assert naming.split_volume_name("a.dconn.nii") is None and naming.not_a_volume("a.dconn.nii")
     assert naming.split_volume_name("x+orig.BRIK.gz") == ("x+orig", ".BRIK.gz")
     assert [naming.is_case_file(n) for n in ("a.hdr", "a.img", "a.PAR", "a.REC", "s.dcm", ".a.mgz")] == [
-        True, False, True, False, False, False]
+        True,
+        False,
+        True,
+        False,
+        False,
+        False,
+    ]
     assert naming.case_id("p/case7_seg.mgz") == "case7" and naming.case_id("case7.img") is None
     assert ".mgz" in naming.WRITE_SUFFIXES and ".img" not in naming.WRITE_SUFFIXES
     for stem in ("a", "b"):
@@ -208,8 +229,22 @@ def _nan_input(path: Path) -> Path:
 
 def test_predict_replaces_nan_with_one_warning_and_records_it(tmp_path, capsys):
     source = _nan_input(tmp_path / "moved.nii.gz")
-    code = main(["predict", "-m", "hippocampus", "-i", str(source), "-o", str(tmp_path / "out"), "--stats",
-                 "--device", "cpu", "--overlap", "0"])
+    code = main(
+        [
+            "predict",
+            "-m",
+            "hippocampus",
+            "-i",
+            str(source),
+            "-o",
+            str(tmp_path / "out"),
+            "--stats",
+            "--device",
+            "cpu",
+            "--overlap",
+            "0",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     assert err.count("NaN/Inf voxel(s) replaced by 0") == 1 and "28 NaN/Inf" in err
@@ -230,19 +265,37 @@ def test_predict_strict_refuses_nan_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-@pytest.mark.parametrize("name,write,expected", [
-    ("case.mgz", _nib_write(nib.MGHImage), "case.mgz"),
-    ("case.hdr", _nib_write(nib.Nifti1Pair), "case.hdr"),
-    ("case.mnc", _sitk_write, "case.mnc"),
-    ("case.gipl", _sitk_write, "case.nii.gz"),  # not written by volseg: NIfTI, with a warning
-])
+@pytest.mark.parametrize(
+    "name,write,expected",
+    [
+        ("case.mgz", _nib_write(nib.MGHImage), "case.mgz"),
+        ("case.hdr", _nib_write(nib.Nifti1Pair), "case.hdr"),
+        ("case.mnc", _sitk_write, "case.mnc"),
+        ("case.gipl", _sitk_write, "case.nii.gz"),  # not written by volseg: NIfTI, with a warning
+    ],
+)
 def test_predict_format_same_writes_the_inputs_format_on_its_grid(name, write, expected, tmp_path, capsys):
     array = np.random.default_rng(2).normal(100, 20, (20, 22, 16)).astype(np.float32)
     affine = _affine() if not name.endswith(".gipl") else np.diag([0.9, 1.1, 2.0, 1.0]) @ LPS_RAS
     source = write(tmp_path / name, array, affine)
     out = tmp_path / "out"
-    code = main(["predict", "-m", "hippocampus", "-i", str(tmp_path), "-o", str(out), "--format", "same",
-                 "--device", "cpu", "--overlap", "0"])
+    code = main(
+        [
+            "predict",
+            "-m",
+            "hippocampus",
+            "-i",
+            str(tmp_path),
+            "-o",
+            str(out),
+            "--format",
+            "same",
+            "--device",
+            "cpu",
+            "--overlap",
+            "0",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     assert ("cannot write GIPL" in err) == name.endswith(".gipl")

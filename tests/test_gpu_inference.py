@@ -45,8 +45,10 @@ def test_auto_batch_warms_up_then_measures_and_leaves_the_callers_peak(monkeypat
     network, image = small_unet().to(CUDA), torch.randn(1, 1, 48, 48, 48, device=CUDA)
     windows_left = []
     real = window_batch.window_batch_size
-    monkeypatch.setattr("volseg.inference.sliding_window.window_batch_size",
-                        lambda *args, **kwargs: windows_left.append(kwargs["windows"]) or real(*args, **kwargs))
+    monkeypatch.setattr(
+        "volseg.inference.sliding_window.window_batch_size",
+        lambda *args, **kwargs: windows_left.append(kwargs["windows"]) or real(*args, **kwargs),
+    )
     big = torch.empty(256 * 2**20, dtype=torch.uint8, device=CUDA)  # the caller's own peak, 256 MiB above now
     del big
     peak = torch.cuda.max_memory_allocated(CUDA)
@@ -82,18 +84,22 @@ class ThresholdNet(SegmentationNetwork):
 
 @pytest.mark.parametrize("spacing", [None, [1.1, 0.9, 1.7]])
 def test_labels_are_decided_on_the_gpu_and_match_the_cpu(monkeypatch, spacing):
-    config = config_from_dict({
-        "data": {"labels": {0: "background", 1: "positive"}, "channels": ["image"]},
-        "preprocessing": {"orientation": "RAS", "spacing": spacing, "intensity": "none", "crop_foreground": False},
-        "sampling": {"patch_size": [16, 16, 16]},
-    })
+    config = config_from_dict(
+        {
+            "data": {"labels": {0: "background", 1: "positive"}, "channels": ["image"]},
+            "preprocessing": {"orientation": "RAS", "spacing": spacing, "intensity": "none", "crop_foreground": False},
+            "sampling": {"patch_size": [16, 16, 16]},
+        }
+    )
     rng = np.random.default_rng(0)
     blocks = np.kron(rng.choice([-1.0, 1.0], size=(4, 4, 3)), np.ones((6, 6, 6)))[:23, :19, :13]
     image = Volume(blocks.astype(np.float32), np.diag([0.8, 0.8, 3.0, 1.0]))
     devices = []
     real_add = RunningDecision.add
-    monkeypatch.setattr("volseg.inference.class_maps.RunningDecision.add",
-                        lambda self, start, maps: devices.append(maps.device.type) or real_add(self, start, maps))
+    monkeypatch.setattr(
+        "volseg.inference.class_maps.RunningDecision.add",
+        lambda self, start, maps: devices.append(maps.device.type) or real_add(self, start, maps),
+    )
     gpu = Predictor(ThresholdNet(), config, device="cuda", mask_nonzero=False)
     gpu = gpu.predict_volumes([image], probabilities=True)
     assert set(devices) == {"cuda"}
@@ -104,6 +110,9 @@ def test_labels_are_decided_on_the_gpu_and_match_the_cpu(monkeypatch, spacing):
 
 
 def test_auto_precision_on_this_gpu():
-    predictor = Predictor(ThresholdNet(), config_from_dict({"data": {"labels": {0: "bg", 1: "fg"}},
-                                                             "sampling": {"patch_size": [8, 8, 8]}}), device="cuda")
+    predictor = Predictor(
+        ThresholdNet(),
+        config_from_dict({"data": {"labels": {0: "bg", 1: "fg"}}, "sampling": {"patch_size": [8, 8, 8]}}),
+        device="cuda",
+    )
     assert predictor.autocast == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")

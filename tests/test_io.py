@@ -410,9 +410,7 @@ def test_dtype_argument_casts(tmp_path):
 def test_write_refuses_existing_without_overwrite(tmp_path):
     target = write_volume(tmp_path / "out.nii.gz", np.ones((3, 3, 3), np.uint8), np.eye(4))
     before = target.read_bytes()
-    message = error_of(
-        OutputExistsError, write_volume, target, np.zeros((3, 3, 3), np.uint8), np.eye(4)
-    )
+    message = error_of(OutputExistsError, write_volume, target, np.zeros((3, 3, 3), np.uint8), np.eye(4))
     assert "out.nii.gz" in message and "overwrite" in message
     assert target.read_bytes() == before
     write_volume(target, np.full((3, 3, 3), 2, np.uint8), np.eye(4), overwrite=True)

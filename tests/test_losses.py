@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from volseg.config import LossConfig
+from volseg.data.weights import border_weight_map, instances_from_labels
 from volseg.errors import ConfigError, ShapeError
 from volseg.losses import (
     CrossEntropyLoss,
@@ -22,9 +23,7 @@ from volseg.losses import (
     DiceLoss,
     FocalLoss,
     WeightedCrossEntropyLoss,
-    border_weight_map,
     deep_supervision_weights,
-    instances_from_labels,
     loss_from_config,
 )
 
@@ -54,7 +53,7 @@ def _hand_sigmoid_focal(logits, binary, gamma):
     """Per element binary focal loss with p = sigmoid, averaged over N * C * S."""
     p = torch.sigmoid(logits.double())
     p_t = torch.where(binary > 0.5, p, 1 - p)
-    return float((-(1 - p_t) ** gamma * torch.log(p_t)).mean())
+    return float((-((1 - p_t) ** gamma) * torch.log(p_t)).mean())
 
 
 # ----------------------------------------------------------------------------- focal / CE
@@ -392,8 +391,14 @@ def test_instances_from_labels():
 
 @pytest.mark.parametrize(
     ("name", "cls"),
-    [("dice_focal", DiceFocalLoss), ("dice_ce", DiceCELoss), ("dice", DiceLoss), ("focal", FocalLoss),
-     ("ce", CrossEntropyLoss), ("weighted_ce", WeightedCrossEntropyLoss)],
+    [
+        ("dice_focal", DiceFocalLoss),
+        ("dice_ce", DiceCELoss),
+        ("dice", DiceLoss),
+        ("focal", FocalLoss),
+        ("ce", CrossEntropyLoss),
+        ("weighted_ce", WeightedCrossEntropyLoss),
+    ],
 )
 def test_loss_from_config_builds_each_loss(name, cls):
     loss = loss_from_config(LossConfig(name=name, deep_supervision=False), activation="softmax", num_outputs=3)
@@ -403,11 +408,18 @@ def test_loss_from_config_builds_each_loss(name, cls):
 
 
 def test_loss_from_config_passes_the_options_through():
-    config = LossConfig(dice_weight=0.5, focal_weight=2.0, gamma=1.0, include_background=True,
-                        class_weights=[0.1, 1.0, 2.0], deep_supervision=False)
+    config = LossConfig(
+        dice_weight=0.5,
+        focal_weight=2.0,
+        gamma=1.0,
+        include_background=True,
+        class_weights=[0.1, 1.0, 2.0],
+        deep_supervision=False,
+    )
     logits, target = _example()
-    expected = DiceFocalLoss("softmax", dice_weight=0.5, focal_weight=2.0, gamma=1.0, include_background=True,
-                             class_weights=[0.1, 1.0, 2.0])(logits, target)
+    expected = DiceFocalLoss(
+        "softmax", dice_weight=0.5, focal_weight=2.0, gamma=1.0, include_background=True, class_weights=[0.1, 1.0, 2.0]
+    )(logits, target)
     assert float(loss_from_config(config, activation="softmax", num_outputs=3)(logits, target)) == pytest.approx(
         float(expected), rel=1e-6
     )

@@ -83,9 +83,12 @@ def test_volumes_in_ml_use_the_spacing() -> None:
 def test_torch_input_matches_numpy_including_uint16() -> None:
     ref, pred = _box((16,) * 3, (4, 4, 4)), _box((16,) * 3, (5, 4, 6))
     from_numpy = _metrics(pred, ref)
-    as_tensor = evaluate_case(torch.from_numpy(pred.astype(np.int32)).to(torch.uint16),
-                              torch.from_numpy(ref.astype(np.int64)), spacing=ANISO,
-                              structures=ONE)["s"]
+    as_tensor = evaluate_case(
+        torch.from_numpy(pred.astype(np.int32)).to(torch.uint16),
+        torch.from_numpy(ref.astype(np.int64)),
+        spacing=ANISO,
+        structures=ONE,
+    )["s"]
     assert as_tensor == pytest.approx(from_numpy)
     assert 0.0 < from_numpy["dice"] < 1.0
 
@@ -161,8 +164,7 @@ def test_brats_2021_and_2023_labels_give_the_same_numbers() -> None:
     pred = pred.astype(np.uint8)
     to_2023 = lambda a: np.where(a == 4, 3, a)  # noqa: E731
     old = evaluate_case(pred, ref, spacing=ANISO, structures=brats_regions(np.unique(ref)))
-    new = evaluate_case(to_2023(pred), to_2023(ref), spacing=ANISO,
-                        structures=brats_regions(np.unique(to_2023(ref))))
+    new = evaluate_case(to_2023(pred), to_2023(ref), spacing=ANISO, structures=brats_regions(np.unique(to_2023(ref))))
     assert list(old) == ["WT", "TC", "ET"]
     assert list(new) == list(old)
     for name in old:
@@ -178,14 +180,17 @@ def test_shape_mismatch_names_both_shapes() -> None:
         evaluate_case(np.zeros((4, 4, 4)), np.zeros((4, 4, 5)), spacing=ANISO, structures=ONE)
 
 
-@pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"spacing": (1.0, 1.0)}, ShapeError, "2 values for a 3D"),
-    ({"spacing": (1.0, 0.0, 1.0)}, ConfigError, "positive"),
-    ({"structures": {}}, ConfigError, "no structures"),
-    ({"structures": {"x": []}}, ConfigError, "'x'"),
-    ({"structures": {"x": [1.5]}}, ConfigError, "integer"),
-    ({"tolerance_mm": -1.0}, ConfigError, "tolerance_mm"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"spacing": (1.0, 1.0)}, ShapeError, "2 values for a 3D"),
+        ({"spacing": (1.0, 0.0, 1.0)}, ConfigError, "positive"),
+        ({"structures": {}}, ConfigError, "no structures"),
+        ({"structures": {"x": []}}, ConfigError, "'x'"),
+        ({"structures": {"x": [1.5]}}, ConfigError, "integer"),
+        ({"tolerance_mm": -1.0}, ConfigError, "tolerance_mm"),
+    ],
+)
 def test_bad_arguments(kwargs, error, match) -> None:
     args = {"spacing": ANISO, "structures": ONE, **kwargs}
     with pytest.raises(error, match=match):
@@ -294,8 +299,12 @@ def test_evaluate_folders_without_pairs(tmp_path: Path) -> None:
 def _rows() -> list[CaseResult]:
     def metrics(dice: float, hd95: float) -> dict:
         return {"s": {m: 0 for m in METRICS} | {"dice": dice, "hd95": hd95}}
-    return [CaseResult("a", metrics(0.5, 2.0)), CaseResult("b", metrics(1.0, math.nan)),
-            CaseResult("c", metrics(0.0, 4.0))]
+
+    return [
+        CaseResult("a", metrics(0.5, 2.0)),
+        CaseResult("b", metrics(1.0, math.nan)),
+        CaseResult("c", metrics(0.0, 4.0)),
+    ]
 
 
 def test_summary_ignores_and_counts_nan() -> None:

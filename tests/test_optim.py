@@ -27,8 +27,15 @@ def test_schedule_sets_every_group():
     assert [group["lr"] for group in optimizer.param_groups] == [1.0, 1.0]
 
 
-@pytest.mark.parametrize("name,kind", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
-                                       ("adamw", torch.optim.AdamW), ("rmsprop", torch.optim.RMSprop)])
+@pytest.mark.parametrize(
+    "name,kind",
+    [
+        ("sgd", torch.optim.SGD),
+        ("adam", torch.optim.Adam),
+        ("adamw", torch.optim.AdamW),
+        ("rmsprop", torch.optim.RMSprop),
+    ],
+)
 def test_optimizers(name, kind):
     optimizer = build_optimizer(
         OptimizerConfig(name=name, lr=0.1, weight_decay=1e-4), [torch.nn.Parameter(torch.ones(2))]

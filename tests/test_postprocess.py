@@ -25,18 +25,18 @@ from volseg.inference.postprocess import (
 def three_blobs(dtype=np.uint8) -> np.ndarray:
     """(20, 20, 10): label 1 blobs of 27 and 8 voxels, label 2 blobs of 12 and 4 voxels."""
     labels = np.zeros((20, 20, 10), dtype)
-    labels[1:4, 1:4, 1:4] = 1       # 27
-    labels[10:12, 10:12, 5:7] = 1   # 8
-    labels[15:18, 2:4, 2:4] = 2     # 12
-    labels[2:4, 15:17, 8] = 2       # 4
+    labels[1:4, 1:4, 1:4] = 1  # 27
+    labels[10:12, 10:12, 5:7] = 1  # 8
+    labels[15:18, 2:4, 2:4] = 2  # 12
+    labels[2:4, 15:17, 8] = 2  # 4
     return labels
 
 
 def test_connected_components_sizes_sorted_descending():
     mask = np.zeros((12, 12, 12), bool)
-    mask[0:2, 0:2, 0:2] = True      # 8
-    mask[5:8, 5:8, 5:8] = True      # 27, the largest: instance 1
-    mask[11, 11, 11] = True         # 1
+    mask[0:2, 0:2, 0:2] = True  # 8
+    mask[5:8, 5:8, 5:8] = True  # 27, the largest: instance 1
+    mask[11, 11, 11] = True  # 1
     instances, sizes = connected_components(mask)
     assert sizes == [27, 8, 1]
     assert instances.shape == mask.shape and instances.dtype == np.int32
@@ -59,7 +59,7 @@ def test_keep_largest_component_per_label():
     labels = three_blobs()
     expected = labels.copy()
     expected[10:12, 10:12, 5:7] = 0  # label 1 keeps its 27-voxel blob
-    expected[2:4, 15:17, 8] = 0      # label 2 keeps its 12 voxels (smaller than label 1's 2nd blob)
+    expected[2:4, 15:17, 8] = 0  # label 2 keeps its 12 voxels (smaller than label 1's 2nd blob)
     np.testing.assert_array_equal(keep_largest_component(labels), expected)
 
 
@@ -76,9 +76,9 @@ def test_keep_largest_component_selected_labels_only():
 
 def test_other_labels_do_not_join_components():
     labels = np.zeros((10, 10, 10), np.uint8)
-    labels[0:5, 0:5, 0:5] = 2        # a big blob of 2
-    labels[5, 0:2, 0:2] = 1          # 4 voxels of 1 touching it
-    labels[8:9, 7:10, 7:9] = 1       # 6 voxels of 1 elsewhere: the largest of label 1
+    labels[0:5, 0:5, 0:5] = 2  # a big blob of 2
+    labels[5, 0:2, 0:2] = 1  # 4 voxels of 1 touching it
+    labels[8:9, 7:10, 7:9] = 1  # 6 voxels of 1 elsewhere: the largest of label 1
     result = keep_largest_component(labels)
     assert int((result == 1).sum()) == 6 and (result[5, 0:2, 0:2] == 0).all()
     assert int((result == 2).sum()) == 125
@@ -96,9 +96,9 @@ def test_remove_small_components_by_voxels():
 
 def test_remove_small_components_by_ml_with_anisotropic_spacing():
     labels = np.zeros((10, 10, 10), np.int16)
-    labels[0:10, 0, 0] = 3    # 10 voxels x 3 mm^3 = 0.03 mL
-    labels[0:9, 5, 5] = 3     # 9 voxels = 0.027 mL
-    labels[2:7, 8, 8] = 4     # 5 voxels = 0.015 mL
+    labels[0:10, 0, 0] = 3  # 10 voxels x 3 mm^3 = 0.03 mL
+    labels[0:9, 5, 5] = 3  # 9 voxels = 0.027 mL
+    labels[2:7, 8, 8] = 4  # 5 voxels = 0.015 mL
     spacing = (1.0, 1.0, 3.0)
     result = remove_small_components(labels, min_size_ml=0.03, spacing=spacing)
     assert result.dtype == np.int16
@@ -110,8 +110,9 @@ def test_remove_small_components_by_ml_with_anisotropic_spacing():
     assert not remove_small_components(labels, min_size_ml=0.015).any()
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"min_size_voxels": 3, "min_size_ml": 0.1},
-                                    {"min_size_voxels": -1}, {"min_size_ml": float("nan")}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"min_size_voxels": 3, "min_size_ml": 0.1}, {"min_size_voxels": -1}, {"min_size_ml": float("nan")}]
+)
 def test_remove_small_components_bad_thresholds(kwargs):
     with pytest.raises(ConfigError):
         remove_small_components(three_blobs(), **kwargs)
@@ -130,8 +131,9 @@ def test_bad_inputs():
 
 def test_label_statistics_by_hand():
     labels = three_blobs()
-    stats = label_statistics(labels, spacing=(1.0, 1.0, 3.0),
-                             label_names={0: "background", 1: "tumour", 4: "enhancing"})
+    stats = label_statistics(
+        labels, spacing=(1.0, 1.0, 3.0), label_names={0: "background", 1: "tumour", 4: "enhancing"}
+    )
     assert [s["label"] for s in stats] == [1, 2, 4]  # 4 named but absent; 0 never reported
     one, two, four = stats
     assert one["name"] == "tumour" and two["name"] == "2" and four["name"] == "enhancing"
@@ -141,16 +143,23 @@ def test_label_statistics_by_hand():
     assert one["largest_ml"] == pytest.approx(0.081)
     assert two["voxels"] == 16 and two["components"] == 2
     assert two["component_volumes_ml"] == pytest.approx([0.036, 0.012])
-    assert four == {"label": 4, "name": "enhancing", "voxels": 0, "volume_ml": 0.0, "components": 0,
-                    "largest_ml": 0.0, "component_volumes_ml": []}
+    assert four == {
+        "label": 4,
+        "name": "enhancing",
+        "voxels": 0,
+        "volume_ml": 0.0,
+        "components": 0,
+        "largest_ml": 0.0,
+        "component_volumes_ml": [],
+    }
     assert all(set(s) == set(STATISTICS_KEYS) for s in stats)
 
 
 def test_two_dimensional_input():
     labels = np.zeros((8, 8), np.uint8)
-    labels[0:3, 0:3] = 1      # 9
-    labels[6:8, 6:8] = 1      # 4
-    labels[0, 6] = 2          # 1
+    labels[0:3, 0:3] = 1  # 9
+    labels[6:8, 6:8] = 1  # 4
+    labels[0, 6] = 2  # 1
     assert connected_components(labels)[1] == [9, 4, 1]
     assert int((keep_largest_component(labels) == 1).sum()) == 9
     result = remove_small_components(labels, min_size_ml=0.002, spacing=(0.5, 1.0))  # 4 px = 0.002 mL
@@ -228,9 +237,9 @@ def brats_map() -> np.ndarray:
     labels = np.zeros((40, 40, 40), np.uint8)
     labels[5:35, 5:35, 5:35] = 2
     labels[10:26, 10:26, 10:26] = 1
-    labels[10:26, 10:26, 10:13] = 4       # the main ET, 768 voxels
-    labels[18:22, 18:22, 18:22] = 4       # an ET island inside the necrosis (TC)
-    labels[28:32, 28:32, 28:32] = 4       # an ET island inside the oedema (WT only)
+    labels[10:26, 10:26, 10:13] = 4  # the main ET, 768 voxels
+    labels[18:22, 18:22, 18:22] = 4  # an ET island inside the necrosis (TC)
+    labels[28:32, 28:32, 28:32] = 4  # an ET island inside the oedema (WT only)
     return labels
 
 
@@ -238,10 +247,14 @@ def region_voxels(labels: np.ndarray) -> dict[str, int]:
     return {name: int(np.isin(labels, values).sum()) for name, values in BRATS.items()}
 
 
-@pytest.mark.parametrize("operation", [
-    lambda labels, **kw: keep_largest_component(labels, **kw),
-    lambda labels, **kw: remove_small_components(labels, min_size_voxels=100, **kw),
-], ids=["largest", "min_size"])
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda labels, **kw: keep_largest_component(labels, **kw),
+        lambda labels, **kw: remove_small_components(labels, min_size_voxels=100, **kw),
+    ],
+    ids=["largest", "min_size"],
+)
 def test_region_filters_never_punch_holes_in_enclosing_regions(operation):
     labels = brats_map()
     before = region_voxels(labels)
@@ -253,7 +266,7 @@ def test_region_filters_never_punch_holes_in_enclosing_regions(operation):
     assert (result[28:32, 28:32, 28:32] == 2).all()  # ET island in oedema -> WT's label
     after = region_voxels(result)
     assert after["WT"] == before["WT"]
-    assert after["TC"] == before["TC"] - 64          # only the island outside the core left TC
+    assert after["TC"] == before["TC"] - 64  # only the island outside the core left TC
     assert after["ET"] == 768
     changed = result != labels
     assert changed.sum() == 128 and not (labels[~changed] != result[~changed]).any()
@@ -261,15 +274,15 @@ def test_region_filters_never_punch_holes_in_enclosing_regions(operation):
 
 def test_removing_a_whole_tumour_blob_removes_everything_inside_it():
     labels = np.zeros((30, 30, 30), np.uint8)
-    labels[2:14, 2:14, 2:14] = 2          # the main tumour: 1728 voxels of oedema ...
-    labels[7:9, 7:9, 7:9] = 4             # ... with 8 voxels of ET
-    labels[20:23, 20:23, 20:23] = 4       # a separate 27-voxel blob, all ET: larger than the main TC and ET
+    labels[2:14, 2:14, 2:14] = 2  # the main tumour: 1728 voxels of oedema ...
+    labels[7:9, 7:9, 7:9] = 4  # ... with 8 voxels of ET
+    labels[20:23, 20:23, 20:23] = 4  # a separate 27-voxel blob, all ET: larger than the main TC and ET
     largest = keep_largest_component(labels, regions=BRATS)
     assert not largest[18:25, 18:25, 18:25].any()  # WT dropped it, so TC and ET go with it ...
     np.testing.assert_array_equal(largest[:15, :15, :15], labels[:15, :15, :15])  # ... and the main ET stays
     small = labels.copy()
-    small[6:10, 6:10, 6:10] = 4           # the main ET: 64 voxels, over the minimum
-    small[20:23, 20:23, 20] = 2           # a mixed blob: oedema, necrosis and ET
+    small[6:10, 6:10, 6:10] = 4  # the main ET: 64 voxels, over the minimum
+    small[20:23, 20:23, 20] = 2  # a mixed blob: oedema, necrosis and ET
     small[20:23, 20:23, 21] = 1
     small[20:23, 20:23, 22] = 4
     result = remove_small_components(small, min_size_voxels=30, regions=BRATS)
@@ -279,24 +292,24 @@ def test_removing_a_whole_tumour_blob_removes_everything_inside_it():
 
 def test_largest_component_per_region():
     labels = np.zeros((30, 30, 30), np.uint8)
-    labels[2:20, 2:20, 2:20] = 2                      # one WT component
-    labels[4:10, 4:10, 4:10] = 1                      # TC component of 216 voxels
-    labels[12:15, 12:15, 12:15] = 1                   # TC component of 27 voxels
-    labels[4:6, 4:6, 4:6] = 4                         # ET in the big core: 8 voxels
-    labels[12:15, 12:15, 12] = 4                      # ET in the small core: 9 voxels, the largest ET blob
-    labels[8, 8, 8] = 4                               # one more ET voxel in the big core
+    labels[2:20, 2:20, 2:20] = 2  # one WT component
+    labels[4:10, 4:10, 4:10] = 1  # TC component of 216 voxels
+    labels[12:15, 12:15, 12:15] = 1  # TC component of 27 voxels
+    labels[4:6, 4:6, 4:6] = 4  # ET in the big core: 8 voxels
+    labels[12:15, 12:15, 12] = 4  # ET in the small core: 9 voxels, the largest ET blob
+    labels[8, 8, 8] = 4  # one more ET voxel in the big core
     result = keep_largest_component(labels, regions=BRATS)
-    assert (result[12:15, 12:15, 12:15] == 2).all()   # the smaller TC, with its ET, becomes oedema
-    assert (result[4:6, 4:6, 4:6] == 4).all()         # the largest ET is chosen inside the kept TC
-    assert result[8, 8, 8] == 1                       # the big core's smaller ET becomes necrosis
-    assert region_voxels(result) == {"WT": 18 ** 3, "TC": 216, "ET": 8}
+    assert (result[12:15, 12:15, 12:15] == 2).all()  # the smaller TC, with its ET, becomes oedema
+    assert (result[4:6, 4:6, 4:6] == 4).all()  # the largest ET is chosen inside the kept TC
+    assert result[8, 8, 8] == 1  # the big core's smaller ET becomes necrosis
+    assert region_voxels(result) == {"WT": 18**3, "TC": 216, "ET": 8}
 
 
 def test_region_filters_keep_a_clean_map_and_other_values_unchanged():
     labels = brats_map()
     labels[18:22, 18:22, 18:22] = 1
     labels[28:32, 28:32, 28:32] = 2
-    labels[0, 0, 0] = 3                               # a value no region holds stays as it is
+    labels[0, 0, 0] = 3  # a value no region holds stays as it is
     np.testing.assert_array_equal(keep_largest_component(labels, regions=BRATS), labels)
     np.testing.assert_array_equal(remove_small_components(labels, min_size_voxels=1, regions=BRATS), labels)
     with pytest.raises(ConfigError, match="not both"):

@@ -30,7 +30,9 @@ def test_nnunet_channel_groups(tmp_path):
             touch_volume(tmp_path / f"{case}_{channel:04d}.nii.gz")
     cases = find_inputs(tmp_path, channel_names=["t1", "t2"])
     assert [(c.case_id, [p.name for p in c.images]) for c in cases] == [
-        ("c1", ["c1_0000.nii.gz", "c1_0001.nii.gz"]), ("c2", ["c2_0000.nii.gz", "c2_0001.nii.gz"])]
+        ("c1", ["c1_0000.nii.gz", "c1_0001.nii.gz"]),
+        ("c2", ["c2_0000.nii.gz", "c2_0001.nii.gz"]),
+    ]
     (tmp_path / "c2_0001.nii.gz").unlink()
     with pytest.raises(InputFileError, match="c2 has channels 0000"):
         find_inputs(tmp_path, channel_names=["t1", "t2"])

@@ -145,12 +145,31 @@ def test_cli_predict_writes_every_output(tmp_path, capsys):
     checkpoint = save_checkpoint(build_checkpoint(network, config_for()), tmp_path / "model.pt")
     write_case(tmp_path / "in.nii.gz", AFFINES["LPS"])
     out = tmp_path / "out" / "seg.nii.gz"
-    argv = ["predict", "-m", str(checkpoint), "-i", str(tmp_path / "in.nii.gz"), "-o", str(out), "--stats", "--preview",
-            "--save-probabilities", "--uncertainty", "--largest-component", "--batch", "auto", "--quiet"]
+    argv = [
+        "predict",
+        "-m",
+        str(checkpoint),
+        "-i",
+        str(tmp_path / "in.nii.gz"),
+        "-o",
+        str(out),
+        "--stats",
+        "--preview",
+        "--save-probabilities",
+        "--uncertainty",
+        "--largest-component",
+        "--batch",
+        "auto",
+        "--quiet",
+    ]
     assert main(argv) == 0
     names = sorted(p.name for p in out.parent.iterdir())
     assert names == [
-        "seg.nii.gz", "seg_preview.png", "seg_probabilities.nii.gz", "seg_stats.json", "seg_uncertainty.nii.gz"
+        "seg.nii.gz",
+        "seg_preview.png",
+        "seg_probabilities.nii.gz",
+        "seg_stats.json",
+        "seg_uncertainty.nii.gz",
     ]
     assert "positive" in capsys.readouterr().out
     assert main(argv) == 2  # exists without --overwrite
@@ -229,18 +248,27 @@ def mri_like(shape=(20, 18, 16)) -> tuple[np.ndarray, np.ndarray]:
     """A ball of non-zero intensities in a zero background, and a second channel that is
     non-zero only in a corner slab the ball does not reach."""
     grid = np.indices(shape) - (np.array(shape) - 1)[:, None, None, None] / 2
-    ball = np.where((grid ** 2).sum(0) < 7.0 ** 2, 100.0 + grid[0], 0.0).astype(np.float32)
+    ball = np.where((grid**2).sum(0) < 7.0**2, 100.0 + grid[0], 0.0).astype(np.float32)
     corner = np.zeros(shape, np.float32)
     corner[:2, :2, :] = 5.0
     return ball, corner
 
 
 def mri_config(regions=False, mask=True, **inference):
-    data = {"labels": {0: "bg", 1: "core", 2: "edema", 4: "enhancing"}, "channels": ["a", "b"],
-            "regions": {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}} if regions else \
-        {"labels": {0: "bg", 1: "fg"}, "channels": ["a", "b"]}
-    return config_for(data=data, inference={"mask_nonzero": mask, **inference},
-                      preprocessing={"intensity": "mri", "crop_foreground": False})
+    data = (
+        {
+            "labels": {0: "bg", 1: "core", 2: "edema", 4: "enhancing"},
+            "channels": ["a", "b"],
+            "regions": {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]},
+        }
+        if regions
+        else {"labels": {0: "bg", 1: "fg"}, "channels": ["a", "b"]}
+    )
+    return config_for(
+        data=data,
+        inference={"mask_nonzero": mask, **inference},
+        preprocessing={"intensity": "mri", "crop_foreground": False},
+    )
 
 
 @pytest.mark.parametrize("regions", [False, True], ids=["classes", "regions"])
@@ -278,8 +306,9 @@ def test_nonzero_mask_is_off_for_checkpoints_that_predate_it(tmp_path):
     assert not predictor.mask_nonzero and (predictor.predict(Volume(ball, np.eye(4))) == 1).all()
     for name in ("hippocampus", "brats"):  # the bundled models predate it: their labels stay as they were
         assert Predictor.from_checkpoint(name).mask_nonzero is False
-    new = save_checkpoint(build_checkpoint(create_model("unet", 3, 1, 2, features=[4, 8]), mri_config(mask=True)),
-                          tmp_path / "new.pt")
+    new = save_checkpoint(
+        build_checkpoint(create_model("unet", 3, 1, 2, features=[4, 8]), mri_config(mask=True)), tmp_path / "new.pt"
+    )
     assert checkpoint_config(load_checkpoint(new)).inference.mask_nonzero is True  # recorded in the checkpoint
 
 

@@ -21,14 +21,17 @@ def test_every_shipped_config_passes(path):
     check_training_config(load_config(path))
 
 
-@pytest.mark.parametrize(("sections", "message"), [
-    ({"sampling": {"patch_size": [17, 16, 16]}}, r"sampling.patch_size=\[17, 16, 16\] cannot pass"),
-    ({"inference": {"roi_size": [16, 16, 17]}}, r"inference.roi_size=\[16, 16, 17\] cannot pass"),
-    ({"network": {"options": {"features": [8, 16], "no_such_option": 1}}}, "no_such_option"),
-    ({"preprocessing": {"intensity": "ct"}}, "preprocessing.intensity='ct' needs"),
-    ({"loss": {"name": "ce", "class_weights": [1.0, 2.0]}}, "loss.class_weights has 2 values"),
-    ({"augmentation": {"gamma": {"prob": 0.5, "range": [0.0, 1.0]}}}, "augmentation.gamma.range"),
-])
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"sampling": {"patch_size": [17, 16, 16]}}, r"sampling.patch_size=\[17, 16, 16\] cannot pass"),
+        ({"inference": {"roi_size": [16, 16, 17]}}, r"inference.roi_size=\[16, 16, 17\] cannot pass"),
+        ({"network": {"options": {"features": [8, 16], "no_such_option": 1}}}, "no_such_option"),
+        ({"preprocessing": {"intensity": "ct"}}, "preprocessing.intensity='ct' needs"),
+        ({"loss": {"name": "ce", "class_weights": [1.0, 2.0]}}, "loss.class_weights has 2 values"),
+        ({"augmentation": {"gamma": {"prob": 0.5, "range": [0.0, 1.0]}}}, "augmentation.gamma.range"),
+    ],
+)
 def test_mistakes_are_named_before_the_data_is_read(tmp_path, sections, message):
     config = tiny_config(tmp_path / "no-data-here", **sections)  # data.root does not exist
     with pytest.raises(ConfigError, match=message):

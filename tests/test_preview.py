@@ -40,9 +40,9 @@ def test_preview_slices_centre_of_largest_blob():
 
 def test_preview_slices_joins_touching_labels():
     labels = np.zeros((30, 30, 30), np.int16)
-    labels[0:9, 0:9, 0:9] = 1           # 729 voxels alone: the largest single label
-    labels[20:25, 10:30, 10:15] = 2     # 500 voxels ...
-    labels[25:29, 10:30, 10:15] = 3     # ... + 400 touching: 900, the largest structure
+    labels[0:9, 0:9, 0:9] = 1  # 729 voxels alone: the largest single label
+    labels[20:25, 10:30, 10:15] = 2  # 500 voxels ...
+    labels[25:29, 10:30, 10:15] = 3  # ... + 400 touching: 900, the largest structure
     assert preview_slices(labels) == (24, 20, 12)  # centre 24 (20..28), 19.5 -> 20, 12
 
 
@@ -67,8 +67,14 @@ def test_preview_aspects():
 def test_render_preview_3d(tmp_path):
     image, labels = blobs()
     before = image.copy(), labels.copy()
-    path = render_preview(image, labels, spacing=(1.0, 1.0, 2.5), path=tmp_path / "case.png",
-                          label_names={1: "core", 2: "edema"}, title="case 1")
+    path = render_preview(
+        image,
+        labels,
+        spacing=(1.0, 1.0, 2.5),
+        path=tmp_path / "case.png",
+        label_names={1: "core", 2: "edema"},
+        title="case 1",
+    )
     pixels = check_png(path, min_width=600)
     assert pixels.shape[1] > 2 * pixels.shape[0]  # three panels side by side
     np.testing.assert_array_equal(image, before[0])
@@ -95,8 +101,9 @@ def test_render_preview_channels_empty_labels_anisotropic(tmp_path):
 
 def test_render_preview_2d(tmp_path):
     image, labels = blobs()
-    path = render_preview(image[:, :, 6], labels[:, :, 6], spacing=(0.7, 2.1), path=tmp_path / "a" / "2d.png",
-                          label_names={2: "lesion"})
+    path = render_preview(
+        image[:, :, 6], labels[:, :, 6], spacing=(0.7, 2.1), path=tmp_path / "a" / "2d.png", label_names={2: "lesion"}
+    )
     pixels = check_png(path, min_width=100)
     assert pixels.shape[1] < 2 * pixels.shape[0]  # one panel
 

@@ -35,8 +35,7 @@ print(json.dumps({"before": before, "after": after, "tuning": allocator.tuning_a
 
 def _probe() -> list[dict]:
     environment = dict(os.environ, VOLSEG_MALLOC_TUNING="1", OMP_NUM_THREADS="1")
-    output = subprocess.run([sys.executable, "-c", PROBE], env=environment, capture_output=True, text=True,
-                            check=True)
+    output = subprocess.run([sys.executable, "-c", PROBE], env=environment, capture_output=True, text=True, check=True)
     return [json.loads(line) for line in output.stdout.splitlines() if line.startswith("{")]
 
 
@@ -70,12 +69,12 @@ def test_training_flags_are_put_back():
 
 def test_cli_commands_that_compute_apply_the_settings(monkeypatch):
     from volseg import cli
+    from volseg.cli.parser import build_parser
 
     calls = []
     monkeypatch.setattr(runtime, "apply", lambda *a: calls.append("apply") or {})
-    monkeypatch.setattr(cli, "train_command", lambda args: 0)
     assert cli.main(["models"]) == 0 and calls == []
-    parser = cli.build_parser()
+    parser = build_parser()
     for argv in (["predict", "-m", "x", "-i", "y", "-o", "z"], ["train", "c.yaml"], ["evaluate-run", "r"]):
         assert parser.parse_args(argv).runtime is True
     assert not getattr(parser.parse_args(["models"]), "runtime", False)

@@ -27,15 +27,29 @@ from volseg.training import Trainer, resolve_precision, train
 from volseg.training.distributed import DistributedContext
 
 AUGMENTATIONS = [
-    "flip", "rotate90", "affine", "elastic", "noise", "blur", "brightness", "contrast", "gamma", "low_resolution"
+    "flip",
+    "rotate90",
+    "affine",
+    "elastic",
+    "noise",
+    "blur",
+    "brightness",
+    "contrast",
+    "gamma",
+    "low_resolution",
 ]
 NO_AUGMENTATION = {name: {"prob": 0.0} for name in AUGMENTATIONS}
 
 
 def tiny_config(root, **sections):
     values = {
-        "data": {"root": str(root), "channels": ["MRI"], "labels": {0: "background", 1: "outer", 2: "inner"},
-                 "num_folds": 2, "num_workers": 0},
+        "data": {
+            "root": str(root),
+            "channels": ["MRI"],
+            "labels": {0: "background", 1: "outer", 2: "inner"},
+            "num_folds": 2,
+            "num_workers": 0,
+        },
         "network": {"options": {"features": [8, 16]}},
         "sampling": {"patch_size": [16, 16, 16], "batch_size": 2, "foreground_ratio": 0.5},
         "augmentation": NO_AUGMENTATION,
@@ -65,8 +79,16 @@ def test_loss_falls_and_validation_dice_rises(tmp_path, dataset):
     assert result.history[-1]["val_dice_outer"] > 0.8
     assert result.best_metric == max(row["val_dice_mean"] for row in result.history)
     names = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"config.yaml", "splits.json", "last.pt", "best.pt", "metrics.csv", "curves.png", "tensorboard",
-            "runtime.json"} <= names
+    assert {
+        "config.yaml",
+        "splits.json",
+        "last.pt",
+        "best.pt",
+        "metrics.csv",
+        "curves.png",
+        "tensorboard",
+        "runtime.json",
+    } <= names
     assert "cudnn_benchmark" in json.loads((tmp_path / "run" / "runtime.json").read_text())
     assert [int(row["epoch"]) for row in read_csv(tmp_path / "run" / "metrics.csv")] == [1, 2, 3]
     best = load_checkpoint(tmp_path / "run" / "best.pt")
@@ -112,8 +134,12 @@ def test_cli_trains_and_resumes(tmp_path, dataset, capsys):
 
 
 def test_two_dimensional_network_trains_on_slices(tmp_path, dataset):
-    config = tiny_config(dataset, network={"spatial_dims": 2, "options": {"features": [8, 16]}},
-                         sampling={"patch_size": [16, 16]}, training={"epochs": 1, "iterations_per_epoch": 4})
+    config = tiny_config(
+        dataset,
+        network={"spatial_dims": 2, "options": {"features": [8, 16]}},
+        sampling={"patch_size": [16, 16]},
+        training={"epochs": 1, "iterations_per_epoch": 4},
+    )
     result = train(config, tmp_path / "run")
     assert 0.0 <= result.history[0]["val_dice_outer"] <= 1.0
     assert load_checkpoint(tmp_path / "run" / "last.pt")["network"]["spatial_dims"] == 2
@@ -247,8 +273,13 @@ class Draw(RandomizableTransform):
     """A stand-in augmentation: draws from its own generator and torch's and NumPy's global ones."""
 
     def __call__(self, item):
-        return {"index": item["index"], "own": float(self.R.uniform()), "torch": float(torch.rand(())),
-                "numpy": float(np.random.rand()), "pid": os.getpid()}
+        return {
+            "index": item["index"],
+            "own": float(self.R.uniform()),
+            "torch": float(torch.rand(())),
+            "numpy": float(np.random.rand()),
+            "pid": os.getpid(),
+        }
 
 
 def run_epoch(loader, epoch):
@@ -292,8 +323,9 @@ def test_num_workers_auto_shares_the_cores_among_the_ranks(monkeypatch, dataset)
 
 def test_a_run_builds_one_loader_frees_it_and_restores_the_determinism_flags(tmp_path, dataset, monkeypatch):
     built, flags_inside = [], []
-    monkeypatch.setattr(training_module, "training_loader",
-                        lambda *a, **k: built.append(training_loader(*a, **k)) or built[-1])
+    monkeypatch.setattr(
+        training_module, "training_loader", lambda *a, **k: built.append(training_loader(*a, **k)) or built[-1]
+    )
     config = tiny_config(dataset, data={"num_workers": 1}, training={"epochs": 2, "iterations_per_epoch": 2})
     trainer = Trainer(config, tmp_path / "run")
     step = trainer._step

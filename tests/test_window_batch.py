@@ -36,8 +36,10 @@ def test_batch_is_what_fits_in_half_the_free_memory_within_the_limits(monkeypatc
 def test_auto_batches_give_the_same_logits_as_fixed_batches(monkeypatch):
     sizes = []
     real = window_batch.window_batch_size
-    monkeypatch.setattr("volseg.inference.sliding_window.window_batch_size",
-                        lambda *args, **kwargs: sizes.append(real(*args, **kwargs)) or sizes[-1])
+    monkeypatch.setattr(
+        "volseg.inference.sliding_window.window_batch_size",
+        lambda *args, **kwargs: sizes.append(real(*args, **kwargs)) or sizes[-1],
+    )
     network = two_layer_network()
     image = torch.randn(1, 2, 20, 20, 20, generator=torch.Generator().manual_seed(0))
     automatic = sliding_window_inference(network, image, (8, 8, 8), sw_batch_size="auto")
@@ -79,33 +81,44 @@ def test_window_cost_adds_the_inputs_and_the_logit_copies_outside_the_network():
     assert window_batch.window_bytes(1000, **sizes, flips=8) == 1000 + 2 * 2048 * 4 + 4 * 1536 * 4
 
 
-@pytest.mark.parametrize("gpu_gib,classes,shape,expected", [
-    (24, 100, (300, 512, 512), "cpu"),   # 31 GB of float32 logits: never on the GPU
-    (141, 100, (300, 512, 512), "cpu"),  # not even on the largest: more than 1/8 of it
-    (24, 3, (155, 240, 240), "cuda"),    # BraTS: 107 MB
-    (24, 14, (300, 512, 512), "cpu"),    # 4.4 GB is more than 1/8 of 24 GB
-])
+@pytest.mark.parametrize(
+    "gpu_gib,classes,shape,expected",
+    [
+        (24, 100, (300, 512, 512), "cpu"),  # 31 GB of float32 logits: never on the GPU
+        (141, 100, (300, 512, 512), "cpu"),  # not even on the largest: more than 1/8 of it
+        (24, 3, (155, 240, 240), "cuda"),  # BraTS: 107 MB
+        (24, 14, (300, 512, 512), "cpu"),  # 4.4 GB is more than 1/8 of 24 GB
+    ],
+)
 def test_logits_accumulate_on_the_gpu_only_when_small_beside_its_memory(gpu_gib, classes, shape, expected):
     needed = 4 * (classes + 1) * math.prod(shape)
-    device = window_batch.accumulation_device(needed, torch.device("cuda"), free_bytes=gpu_gib * 2**30,
-                                              total_bytes=gpu_gib * 2**30)
+    device = window_batch.accumulation_device(
+        needed, torch.device("cuda"), free_bytes=gpu_gib * 2**30, total_bytes=gpu_gib * 2**30
+    )
     assert device.type == expected
     assert window_batch.accumulation_device(needed, torch.device("cpu"), free_bytes=0, total_bytes=1).type == "cpu"
 
 
 def test_half_the_free_memory_also_bounds_the_accumulation():
-    assert window_batch.accumulation_device(2 * 2**30, torch.device("cuda"), free_bytes=3 * 2**30,
-                                            total_bytes=80 * 2**30).type == "cpu"
+    assert (
+        window_batch.accumulation_device(
+            2 * 2**30, torch.device("cuda"), free_bytes=3 * 2**30, total_bytes=80 * 2**30
+        ).type
+        == "cpu"
+    )
 
 
 def test_batch_is_sized_after_the_accumulation_buffer_exists_and_counts_the_logit_copies(monkeypatch):
     events = []
     real_device, real_size = window_batch.accumulation_device, window_batch.window_batch_size
-    monkeypatch.setattr("volseg.inference.sliding_window.accumulation_device",
-                        lambda *args, **kwargs: events.append("buffer") or real_device(*args, **kwargs))
-    monkeypatch.setattr("volseg.inference.sliding_window.window_batch_size",
-                        lambda cost, *args, **kwargs: events.append(("sized", cost, kwargs))
-                        or real_size(cost, *args, **kwargs))
+    monkeypatch.setattr(
+        "volseg.inference.sliding_window.accumulation_device",
+        lambda *args, **kwargs: events.append("buffer") or real_device(*args, **kwargs),
+    )
+    monkeypatch.setattr(
+        "volseg.inference.sliding_window.window_batch_size",
+        lambda cost, *args, **kwargs: events.append(("sized", cost, kwargs)) or real_size(cost, *args, **kwargs),
+    )
     network = two_layer_network()
     sliding_window_inference(network, torch.randn(1, 2, 20, 20, 20), (8, 8, 8), output_device="auto")
     assert events[0] == "buffer" and events[1][0] == "sized" and len(events) == 2
@@ -134,5 +147,7 @@ def test_the_brats_network_gets_11_windows_at_most_on_any_gpu():
     # the last decoder stage takes 32 skip + 32 up-sampled channels at full resolution
     assert meter.largest_per_window == 64 * 32**3
     per_window = meter.largest_per_window // 32**3 * math.prod(config.inference.roi_size)
-    assert window_batch.batch_that_fits(141 * 2**30, 2**30, windows=100, largest_batch=32,
-                                        largest_elements=per_window) == 11
+    assert (
+        window_batch.batch_that_fits(141 * 2**30, 2**30, windows=100, largest_batch=32, largest_elements=per_window)
+        == 11
+    )

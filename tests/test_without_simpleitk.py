@@ -32,9 +32,21 @@ def test_train_and_predict_nifti_without_simpleitk(tmp_path, make_msd):
     dump_config(tiny_config(data, training={"epochs": 1, "iterations_per_epoch": 2}), config)
     out = tmp_path / "case_000_seg.nii.gz"
     environment = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(config), str(tmp_path / "run"),
-                             str(data / "imagesTr" / "case_000.nii.gz"), str(out)],
-                            env=environment, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SCRIPT,
+            str(config),
+            str(tmp_path / "run"),
+            str(data / "imagesTr" / "case_000.nii.gz"),
+            str(out),
+        ],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert out.is_file()
     assert "needs:" in result.stdout and "SimpleITK" in result.stdout

@@ -46,16 +46,18 @@ class DataConfig:
     fold: int = _field(0, "fold to train (0 .. num_folds-1); -1 trains on every case")
     splits_file: Union[str, None] = _field(None, "JSON of the folds (default: splits.json in the run folder)")
     validation_cases: float = _field(
-        0.1, "training cases set aside to validate on and choose best.pt: a fraction, a count, or 0 (none; the "
-        "held-out cases are never validated on)"
+        0.1,
+        "training cases set aside to validate on and choose best.pt: a fraction, a count, or 0 (none; the "
+        "held-out cases are never validated on)",
     )
     cache: Literal["memory", "disk", "none"] = _field(
         "memory", "where preprocessed cases are kept between epochs (memory: a copy in every training process)"
     )
     cache_dir: Union[str, None] = _field(None, "folder of the disk cache (default: the run folder)")
     num_workers: Union[int, Literal["auto"]] = _field(
-        "auto", "patch-making processes per training process, kept for the run (auto: its share of the cores "
-        "less 1, at most 12)"
+        "auto",
+        "patch-making processes per training process, kept for the run (auto: its share of the cores "
+        "less 1, at most 12)",
     )
 
 
@@ -205,8 +207,9 @@ class InferenceConfig:
     )
     tta_flips: list[int] = _field([], "spatial axes mirrored for test-time augmentation")
     mask_nonzero: bool = _field(
-        False, "background wherever every input channel is 0 (MRI skull-stripped background; `volseg plan` turns "
-        "it on for MRI)"
+        False,
+        "background wherever every input channel is 0 (MRI skull-stripped background; `volseg plan` turns "
+        "it on for MRI)",
     )
 
 
@@ -356,8 +359,10 @@ def check_config(config: Config) -> None:
 def check_validation_cases(size: Any) -> None:
     """``data.validation_cases``: 0, a fraction in (0, 1), or a whole number of cases."""
     if isinstance(size, bool) or not isinstance(size, (int, float)) or size < 0 or (size >= 1 and size != int(size)):
-        raise ConfigError(f"data.validation_cases={size!r} is not valid; allowed: 0, a fraction between 0 and 1, "
-                          "or a whole number of cases")
+        raise ConfigError(
+            f"data.validation_cases={size!r} is not valid; allowed: 0, a fraction between 0 and 1, "
+            "or a whole number of cases"
+        )
 
 
 def _check_length(values: list[Any], expected: int, key: str) -> None:

@@ -54,7 +54,4 @@ def closest_hint(value: str, allowed: Iterable[str]) -> str:
 def choice_error(what: str, value: object, allowed: Iterable[str]) -> ConfigError:
     """A ``ConfigError`` for ``value`` not among ``allowed``, with a suggestion."""
     allowed = sorted(str(a) for a in allowed)
-    return ConfigError(
-        f"unknown {what} {value!r}{closest_hint(str(value), allowed)}; "
-        f"allowed: {', '.join(allowed)}"
-    )
+    return ConfigError(f"unknown {what} {value!r}{closest_hint(str(value), allowed)}; allowed: {', '.join(allowed)}")

@@ -68,8 +68,11 @@ def describe_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "format_version": checkpoint["format_version"],
         "volseg_version": checkpoint.get("volseg_version"),
         "created": checkpoint.get("created"),
-        "network": {"name": network.get("name"), "parameters": int(parameters),
-                    "arguments": {k: v for k, v in network.items() if k not in _NETWORK_KEYS}},
+        "network": {
+            "name": network.get("name"),
+            "parameters": int(parameters),
+            "arguments": {k: v for k, v in network.items() if k not in _NETWORK_KEYS},
+        },
         "spatial_dims": network.get("spatial_dims"),
         "input_channels": channel_names(config, network.get("in_channels", 1)),
         "outputs": _outputs(checkpoint_label_space(checkpoint), network.get("num_classes")),
@@ -108,8 +111,11 @@ def format_description(description: dict[str, Any]) -> str:
         ("inputs", f"{len(d['input_channels'])} channels: " + ", ".join(d["input_channels"])),
         ("outputs", outputs),
         ("preprocessing", f"{pre['orientation']}, spacing {spacing}, intensity {intensity}"),
-        ("inference", f"roi {'x'.join(map(str, inf['roi_size']))}, overlap {inf['overlap']}, {inf['blend']} blend, "
-                      f"TTA flips {inf['tta_flips'] or 'none'}"),
+        (
+            "inference",
+            f"roi {'x'.join(map(str, inf['roi_size']))}, overlap {inf['overlap']}, {inf['blend']} blend, "
+            f"TTA flips {inf['tta_flips'] or 'none'}",
+        ),
         ("metrics", metrics),
         ("training state", state),
         ("weights", d["weights_dtype"]),
@@ -130,7 +136,7 @@ def _non_default(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
 
 
 def weights_dtype(state_dict: dict[str, torch.Tensor]) -> str:
-    """"fp32", "fp16", "bf16" (or e.g. "mixed (fp16, fp32)") from the floating tensors."""
+    """ "fp32", "fp16", "bf16" (or e.g. "mixed (fp16, fp32)") from the floating tensors."""
     names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
     found = sorted({names.get(t.dtype, str(t.dtype)) for t in state_dict.values() if t.is_floating_point()})
     return (found[0] if len(found) == 1 else f"mixed ({', '.join(found)})") if found else "none"
@@ -162,23 +168,33 @@ def _outputs(space: LabelSpace, num_outputs: int | None) -> dict[str, Any]:
 
 def _inference(config: Config, roi: Sequence[int]) -> dict[str, Any]:
     inference = config.inference
-    return {"roi_size": list(roi), "overlap": inference.overlap, "blend": inference.blend,
-            "sw_batch_size": inference.sw_batch_size, "tta_flips": list(inference.tta_flips),
-            "mask_nonzero": inference.mask_nonzero,
-            "mask_nonzero_rule": "background wherever every input channel is 0 (on the input grid)"}
+    return {
+        "roi_size": list(roi),
+        "overlap": inference.overlap,
+        "blend": inference.blend,
+        "sw_batch_size": inference.sw_batch_size,
+        "tta_flips": list(inference.tta_flips),
+        "mask_nonzero": inference.mask_nonzero,
+        "mask_nonzero_rule": "background wherever every input channel is 0 (on the input grid)",
+    }
 
 
 def _preprocessing(config: Config) -> dict[str, Any]:
     pre = config.preprocessing
     intensity: dict[str, Any] = {"preset": pre.intensity}
     if pre.intensity == "ct":
-        intensity.update(clip=list(pre.clip or []), mean=pre.mean, std=pre.std,
-                         rule="x = (clip(x, clip[0], clip[1]) - mean) / std")
+        intensity.update(
+            clip=list(pre.clip or []), mean=pre.mean, std=pre.std, rule="x = (clip(x, clip[0], clip[1]) - mean) / std"
+        )
     elif pre.intensity == "mri":
         intensity["rule"] = "per case and channel: z-score over the non-zero voxels; zero voxels stay 0"
-    return {"order": ["orientation", "crop_foreground", "spacing (linear)", "intensity"],
-            "orientation": pre.orientation.upper(), "crop_foreground": pre.crop_foreground,
-            "spacing": list(pre.spacing) if pre.spacing else None, "intensity": intensity}
+    return {
+        "order": ["orientation", "crop_foreground", "spacing (linear)", "intensity"],
+        "orientation": pre.orientation.upper(),
+        "crop_foreground": pre.crop_foreground,
+        "spacing": list(pre.spacing) if pre.spacing else None,
+        "intensity": intensity,
+    }
 
 
 def _plain(value: Any) -> Any:
@@ -199,8 +215,15 @@ def _plain(value: Any) -> Any:
 # ----------------------------------------------------------------------------- export
 
 
-def export_model(checkpoint: dict[str, Any], out_dir: str | os.PathLike, *, fmt: Literal["onnx", "torchscript"],
-                 roi_size: Sequence[int] | None = None, opset: int = 17, overwrite: bool = False) -> list[Path]:
+def export_model(
+    checkpoint: dict[str, Any],
+    out_dir: str | os.PathLike,
+    *,
+    fmt: Literal["onnx", "torchscript"],
+    roi_size: Sequence[int] | None = None,
+    opset: int = 17,
+    overwrite: bool = False,
+) -> list[Path]:
     """Write the network (``model.onnx`` / ``model.ts``, float32, eval mode) and ``model.json``
     into ``out_dir``; returns their paths.
 
@@ -239,8 +262,9 @@ def export_model(checkpoint: dict[str, Any], out_dir: str | os.PathLike, *, fmt:
             dynamic = _export_onnx(model, model_path, probes, expected, traced, opset)
     if "batch" not in dynamic:
         logger.warning("the exported network takes batches of exactly 1")
-    description = export_description(checkpoint, config, model, roi, fmt=fmt, dynamic=dynamic,
-                                     opset=opset if fmt == "onnx" else None)
+    description = export_description(
+        checkpoint, config, model, roi, fmt=fmt, dynamic=dynamic, opset=opset if fmt == "onnx" else None
+    )
     write_text(json_path, json.dumps(description, indent=2) + "\n")
     logger.info("exported %s (%s, input %s) and %s", model_path, fmt, description["model"]["input_shape"], json_path)
     return [model_path, json_path]
@@ -274,8 +298,9 @@ def _trace(model: SegmentationNetwork, example: torch.Tensor, fmt: str) -> torch
         with torch.no_grad():
             return torch.jit.trace(model, (example,), check_trace=False)
     except Exception as error:  # the tracer fails in many ways (outputs, control flow, unsupported ops)
-        raise CheckpointError(f"the {_name(model)} network cannot be traced "
-                              f"for {fmt} export: {_reason(error)}") from error
+        raise CheckpointError(
+            f"the {_name(model)} network cannot be traced for {fmt} export: {_reason(error)}"
+        ) from error
 
 
 def _first_level(check: Callable[[str], bool], probes: dict[str, torch.Tensor]) -> tuple[str, ...]:
@@ -285,9 +310,11 @@ def _first_level(check: Callable[[str], bool], probes: dict[str, torch.Tensor]) 
     return next((level for level in _DYNAMIC_LEVELS[:-1] if level[-1] in probes and check(level[-1])), ())
 
 
-def _checker(run: Callable[[torch.Tensor], torch.Tensor], probes: dict[str, torch.Tensor],
-             expected: dict[str, torch.Tensor]) -> Callable[[str], bool]:
+def _checker(
+    run: Callable[[torch.Tensor], torch.Tensor], probes: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> Callable[[str], bool]:
     """``check(name)``: whether ``run`` (a trace or an ONNX session) reproduces PyTorch on probe ``name``."""
+
     def check(name: str) -> bool:
         try:
             with torch.no_grad():
@@ -298,8 +325,14 @@ def _checker(run: Callable[[torch.Tensor], torch.Tensor], probes: dict[str, torc
     return check
 
 
-def _export_onnx(model: SegmentationNetwork, path: Path, probes: dict[str, torch.Tensor],
-                 expected: dict[str, torch.Tensor], traced: torch.jit.ScriptModule, opset: int) -> tuple[str, ...]:
+def _export_onnx(
+    model: SegmentationNetwork,
+    path: Path,
+    probes: dict[str, torch.Tensor],
+    expected: dict[str, torch.Tensor],
+    traced: torch.jit.ScriptModule,
+    opset: int,
+) -> tuple[str, ...]:
     """Write ``path``; returns the dynamic level, checked with onnxruntime when it is installed."""
     try:
         import onnxruntime
@@ -316,13 +349,22 @@ def _export_onnx(model: SegmentationNetwork, path: Path, probes: dict[str, torch
             if "spatial" in level:
                 axes.update({2 + i: f"spatial{i}" for i in range(spatial)})
             try:
-                torch.onnx.export(model, (probes["roi"],), str(temporary), dynamo=False, opset_version=opset,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes} if axes else None,
-                                  do_constant_folding=True)
+                torch.onnx.export(
+                    model,
+                    (probes["roi"],),
+                    str(temporary),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes} if axes else None,
+                    do_constant_folding=True,
+                )
             except Exception as error:  # unsupported operators, tracing failures, ...
-                raise CheckpointError(f"the {_name(model)} network cannot be exported to ONNX "
-                                      f"(opset {opset}): {_reason(error)}; try --format torchscript") from error
+                raise CheckpointError(
+                    f"the {_name(model)} network cannot be exported to ONNX "
+                    f"(opset {opset}): {_reason(error)}; try --format torchscript"
+                ) from error
             if onnxruntime is None:
                 return level
             try:
@@ -332,11 +374,14 @@ def _export_onnx(model: SegmentationNetwork, path: Path, probes: dict[str, torch
             check = _checker(functools.partial(_run_session, session), probes, expected)
             if check("roi") and (not level or (level[-1] in probes and check(level[-1]))):
                 return level
-            logger.info("ONNX export with dynamic %s does not match PyTorch; trying fewer dynamic axes",
-                        " and ".join(level))
+            logger.info(
+                "ONNX export with dynamic %s does not match PyTorch; trying fewer dynamic axes", " and ".join(level)
+            )
         # Raised inside the block, so that the failed file is removed rather than renamed into place.
-        raise CheckpointError("the exported ONNX network does not reproduce the PyTorch output (checked with "
-                              f"onnxruntime {onnxruntime.__version__}); try --format torchscript")
+        raise CheckpointError(
+            "the exported ONNX network does not reproduce the PyTorch output (checked with "
+            f"onnxruntime {onnxruntime.__version__}); try --format torchscript"
+        )
 
 
 def _run_session(session: Any, x: torch.Tensor) -> torch.Tensor:
@@ -372,8 +417,16 @@ def _quiet_tracing() -> Iterator[None]:
 # ----------------------------------------------------------------------------- model.json
 
 
-def export_description(checkpoint: dict[str, Any], config: Config, model: SegmentationNetwork,
-                       roi: tuple[int, ...], *, fmt: str, dynamic: Sequence[str], opset: int | None) -> dict[str, Any]:
+def export_description(
+    checkpoint: dict[str, Any],
+    config: Config,
+    model: SegmentationNetwork,
+    roi: tuple[int, ...],
+    *,
+    fmt: str,
+    dynamic: Sequence[str],
+    opset: int | None,
+) -> dict[str, Any]:
     """The ``model.json`` of an export: how to feed the network and read its output without volseg."""
     spatial = model.spatial_dims
     tile = model.output_shape(roi)
@@ -387,13 +440,18 @@ def export_description(checkpoint: dict[str, Any], config: Config, model: Segmen
         outputs["channels"] = [{"index": i, "label": v, "name": space.labels[v]} for i, v in enumerate(space.values)]
         outputs["decode"] = "label map = channels[argmax over axis 1].label"
     else:
-        outputs["channels"] = [{"index": i, "name": k, "label_values": list(v)}
-                               for i, (k, v) in enumerate(space.regions.items())]
-        outputs["decode"] = ("region r is present where sigmoid(logit r) > 0.5; label map = region_lookup[code], "
-                             "code = sum over r of (region r present) << r")
+        outputs["channels"] = [
+            {"index": i, "name": k, "label_values": list(v)} for i, (k, v) in enumerate(space.regions.items())
+        ]
+        outputs["decode"] = (
+            "region r is present where sigmoid(logit r) > 0.5; label map = region_lookup[code], "
+            "code = sum over r of (region r present) << r"
+        )
         outputs["region_lookup"] = space.region_lookup()
-    axes = (f"spatial axis i of the input is voxel axis i of the image reoriented to {orientation} "
-            f"(nibabel/MONAI axis codes: the index grows toward {', '.join(orientation)})")
+    axes = (
+        f"spatial axis i of the input is voxel axis i of the image reoriented to {orientation} "
+        f"(nibabel/MONAI axis codes: the index grows toward {', '.join(orientation)})"
+    )
     if spatial == 2:
         axes += f"; 2D: each input is one slice along the last axis ({orientation[2]}), H and W the first two"
     return {
@@ -401,21 +459,35 @@ def export_description(checkpoint: dict[str, Any], config: Config, model: Segmen
         "format_version": EXPORT_FORMAT_VERSION,
         "volseg_version": __version__,
         "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "source": {"created": checkpoint.get("created"), "volseg_version": checkpoint.get("volseg_version"),
-                   "metrics": _plain(checkpoint.get("metrics") or {})},
+        "source": {
+            "created": checkpoint.get("created"),
+            "volseg_version": checkpoint.get("volseg_version"),
+            "metrics": _plain(checkpoint.get("metrics") or {}),
+        },
         "model": {
-            "file": FILE_NAMES[fmt], "format": fmt, "opset": opset, "dtype": "float32",
-            "network": model.config.get("name"), "arguments": {k: v for k, v in model.config.items() if k != "name"},
-            "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+            "file": FILE_NAMES[fmt],
+            "format": fmt,
+            "opset": opset,
+            "dtype": "float32",
+            "network": model.config.get("name"),
+            "arguments": {k: v for k, v in model.config.items() if k != "name"},
+            "input_name": INPUT_NAME,
+            "output_name": OUTPUT_NAME,
             "input_shape": [batch, model.in_channels, *spatial_names],
             "output_shape": [batch, model.num_classes, *("?" if "spatial" in dynamic else t for t in tile)],
-            "dynamic_axes": list(dynamic), "size_rule": model.size_rule(),
+            "dynamic_axes": list(dynamic),
+            "size_rule": model.size_rule(),
         },
         "tensor_layout": "NCDHW" if spatial == 3 else "NCHW",
         "axis_convention": axes,
         "input_channels": channel_names(config, model.in_channels),
         "outputs": outputs,
         "preprocessing": _preprocessing(config),
-        "inference": {**_inference(config, roi), "output_size": list(tile), "context": context,
-                      "gaussian_sigma_scale": SIGMA_SCALE, "slice_axis": 2 if spatial == 2 else None},
+        "inference": {
+            **_inference(config, roi),
+            "output_size": list(tile),
+            "context": context,
+            "gaussian_sigma_scale": SIGMA_SCALE,
+            "slice_axis": 2 if spatial == 2 else None,
+        },
     }

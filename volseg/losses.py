@@ -1,5 +1,5 @@
 """Segmentation losses: soft Dice + focal / cross-entropy with ONE activation, deep supervision,
-and the U-Net paper's border-weighted cross-entropy.
+and the U-Net paper's border-weighted cross-entropy (its weight map: :mod:`volseg.data.weights`).
 
 Networks output logits ``(N, C, *S)``. Targets are class indices ``(N, 1, *S)`` or ``(N, *S)``
 (integer or integral float; mutually exclusive labels, ``activation="softmax"``), one-hot /
@@ -14,11 +14,9 @@ Every loss is computed in float32 with autocast disabled, so fp16/bf16 training 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from typing import Literal, Optional, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss as _MonaiDiceLoss
@@ -26,7 +24,6 @@ from torch import nn
 
 from volseg.config import LossConfig
 from volseg.errors import ConfigError, ShapeError, choice_error
-from volseg.lazy import sitk  # SimpleITK, imported on first use
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +100,20 @@ def check_class_indices(indices: torch.Tensor, num_channels: int) -> None:
     """
     low, high = (int(v) for v in torch.stack(torch.aminmax(indices)).tolist())
     if low < 0 or high >= num_channels:
-        raise ShapeError(f"target holds labels {low}..{high} but the logits have "
-                         f"{num_channels} channels (labels 0..{num_channels - 1})")
+        raise ShapeError(
+            f"target holds labels {low}..{high} but the logits have "
+            f"{num_channels} channels (labels 0..{num_channels - 1})"
+        )
 
 
 def focal_loss(
-    logits: torch.Tensor, one_hot: torch.Tensor, activation: str, *, gamma: float = 2.0,
-    class_weights: Optional[torch.Tensor] = None, pixel_weights: Optional[torch.Tensor] = None,
+    logits: torch.Tensor,
+    one_hot: torch.Tensor,
+    activation: str,
+    *,
+    gamma: float = 2.0,
+    class_weights: Optional[torch.Tensor] = None,
+    pixel_weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Mean focal loss of ``logits`` (N, C, *S) against float targets ``one_hot`` (N, C, *S); gamma=0 is CE.
 
@@ -135,8 +139,10 @@ def focal_loss(
         loss = positive + negative
     if class_weights is not None:
         if len(class_weights) != logits.shape[1]:
-            raise ShapeError(f"class_weights has {len(class_weights)} values but the logits {tuple(logits.shape)} "
-                             f"have {logits.shape[1]} channels")
+            raise ShapeError(
+                f"class_weights has {len(class_weights)} values but the logits {tuple(logits.shape)} "
+                f"have {logits.shape[1]} channels"
+            )
         loss = loss * class_weights.to(loss.device).view(1, -1, *([1] * (loss.ndim - 2)))
     if activation == "softmax":
         loss = loss.sum(dim=1, keepdim=True)
@@ -160,8 +166,15 @@ class DiceFocalLoss(nn.Module):
     """
 
     def __init__(
-        self, activation: Activation, *, dice_weight: float = 1.0, focal_weight: float = 1.0, gamma: float = 2.0,
-        include_background: bool = False, class_weights: Optional[Sequence[float]] = None, smooth: float = 1e-5,
+        self,
+        activation: Activation,
+        *,
+        dice_weight: float = 1.0,
+        focal_weight: float = 1.0,
+        gamma: float = 2.0,
+        include_background: bool = False,
+        class_weights: Optional[Sequence[float]] = None,
+        smooth: float = 1e-5,
         batch_dice: bool = False,
     ) -> None:
         super().__init__()
@@ -175,8 +188,12 @@ class DiceFocalLoss(nn.Module):
         self.focal_name = "focal" if gamma else "ce"  # the key of the focal / CE term in terms()
         self.register_buffer("class_weights", _class_weight_tensor(class_weights), persistent=False)
         # Sigmoid channels are regions (WT, TC, ET), never a background class: every channel counts.
-        self._dice = _MonaiDiceLoss(include_background=include_background or activation == "sigmoid",
-                                    smooth_nr=smooth, smooth_dr=smooth, batch=batch_dice)
+        self._dice = _MonaiDiceLoss(
+            include_background=include_background or activation == "sigmoid",
+            smooth_nr=smooth,
+            smooth_dr=smooth,
+            batch=batch_dice,
+        )
 
     def terms(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """The unweighted terms with a non-zero weight: ``{"dice": (), "focal" or "ce": ()}``.
@@ -204,32 +221,52 @@ class DiceFocalLoss(nn.Module):
         return values[0] if len(values) == 1 else values[0] + values[1]
 
     def extra_repr(self) -> str:
-        return (f"activation={self.activation!r}, dice_weight={self.dice_weight}, focal_weight={self.focal_weight}, "
-                f"gamma={self.gamma}, include_background={self.include_background}")
+        return (
+            f"activation={self.activation!r}, dice_weight={self.dice_weight}, focal_weight={self.focal_weight}, "
+            f"gamma={self.gamma}, include_background={self.include_background}"
+        )
 
 
 class DiceCELoss(DiceFocalLoss):
     """``dice_weight * soft Dice + ce_weight * cross-entropy`` (softmax CE or BCE): logits (N, C, *S) -> scalar."""
 
     def __init__(
-        self, activation: Activation, *, dice_weight: float = 1.0, ce_weight: float = 1.0,
-        include_background: bool = False, class_weights: Optional[Sequence[float]] = None,
-        smooth: float = 1e-5, batch_dice: bool = False,
+        self,
+        activation: Activation,
+        *,
+        dice_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        include_background: bool = False,
+        class_weights: Optional[Sequence[float]] = None,
+        smooth: float = 1e-5,
+        batch_dice: bool = False,
     ) -> None:
-        super().__init__(activation, dice_weight=dice_weight, focal_weight=ce_weight, gamma=0.0,
-                         include_background=include_background, class_weights=class_weights, smooth=smooth,
-                         batch_dice=batch_dice)
+        super().__init__(
+            activation,
+            dice_weight=dice_weight,
+            focal_weight=ce_weight,
+            gamma=0.0,
+            include_background=include_background,
+            class_weights=class_weights,
+            smooth=smooth,
+            batch_dice=batch_dice,
+        )
 
 
 class DiceLoss(DiceFocalLoss):
     """Soft Dice loss ``1 - mean Dice`` after softmax or sigmoid: logits (N, C, *S), target -> scalar."""
 
     def __init__(
-        self, activation: Activation, *, include_background: bool = False, smooth: float = 1e-5,
+        self,
+        activation: Activation,
+        *,
+        include_background: bool = False,
+        smooth: float = 1e-5,
         batch_dice: bool = False,
     ) -> None:
-        super().__init__(activation, focal_weight=0.0, include_background=include_background, smooth=smooth,
-                         batch_dice=batch_dice)
+        super().__init__(
+            activation, focal_weight=0.0, include_background=include_background, smooth=smooth, batch_dice=batch_dice
+        )
 
 
 class FocalLoss(DiceFocalLoss):
@@ -252,7 +289,7 @@ class WeightedCrossEntropyLoss(nn.Module):
     """The U-Net paper's pixel-weighted cross-entropy: ``mean(weight_map * CE)``.
 
     forward: logits (N, C, *S), target as for :class:`DiceFocalLoss`, weight_map (N, *S) or
-    (N, 1, *S) (e.g. from :func:`border_weight_map`) -> scalar. ``class_weights`` multiply too.
+    (N, 1, *S) (e.g. from :func:`volseg.data.weights.border_weight_map`) -> scalar. ``class_weights`` multiply too.
     """
 
     def __init__(self, activation: Activation = "softmax", *, class_weights: Optional[Sequence[float]] = None) -> None:
@@ -271,13 +308,16 @@ class WeightedCrossEntropyLoss(nn.Module):
         if tuple(weight_map.shape) == expected:
             weight_map = weight_map.unsqueeze(1)
         elif tuple(weight_map.shape) != (logits.shape[0], 1, *logits.shape[2:]):
-            raise ShapeError(f"weight map {tuple(weight_map.shape)} does not match logits {tuple(logits.shape)}; "
-                             f"expected (N, *S) or (N, 1, *S)")
+            raise ShapeError(
+                f"weight map {tuple(weight_map.shape)} does not match logits {tuple(logits.shape)}; "
+                f"expected (N, *S) or (N, 1, *S)"
+            )
         with torch.autocast(device_type=logits.device.type, enabled=False):
             logits = logits.float()
             one_hot = one_hot_target(logits, _plain(target), self.activation)
-            return focal_loss(logits, one_hot, self.activation, gamma=0.0, class_weights=self.class_weights,
-                              pixel_weights=weight_map)
+            return focal_loss(
+                logits, one_hot, self.activation, gamma=0.0, class_weights=self.class_weights, pixel_weights=weight_map
+            )
 
 
 # ----------------------------------------------------------------------------- deep supervision
@@ -330,8 +370,9 @@ class DeepSupervisionLoss(nn.Module):
         dims = outputs[0].ndim - 2
         if self.weights is not None:
             if len(self.weights) != len(outputs):
-                raise ConfigError(f"deep supervision has {len(self.weights)} weights but the network gave "
-                                  f"{len(outputs)} outputs")
+                raise ConfigError(
+                    f"deep supervision has {len(self.weights)} weights but the network gave {len(outputs)} outputs"
+                )
             return self.weights
         if all(tuple(o.shape[-dims:]) == tuple(target_size) for o in outputs):
             return [1.0 / len(outputs)] * len(outputs)
@@ -354,95 +395,6 @@ class DeepSupervisionLoss(nn.Module):
         return total
 
 
-# ----------------------------------------------------------------------------- U-Net border weights
-
-#: Instances farther than this many sigmas from a pixel are ignored (their term is < 3.4e-4 * w0).
-_TRUNCATE_SIGMAS = 4.0
-
-
-def instances_from_labels(labels: np.ndarray, *, fully_connected: bool = False) -> np.ndarray:
-    """Object instances of a semantic label map (2D or 3D): connected components of each label > 0.
-
-    Returns int32 of the same shape, 0 for background and 1..K for the instances (objects of
-    different labels are different instances even where they touch). ``fully_connected`` also
-    joins diagonal neighbours. Uses SimpleITK's ConnectedComponent.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim not in (2, 3):
-        raise ShapeError(f"labels of shape {labels.shape} are not valid; expected a 2D or 3D label map")
-    instances = np.zeros(labels.shape, dtype=np.int32)
-    offset = 0
-    for value in np.unique(labels):
-        if value == 0:
-            continue
-        mask = sitk.GetImageFromArray((labels == value).astype(np.uint8))
-        components = sitk.GetArrayFromImage(sitk.ConnectedComponent(mask, fully_connected)).astype(np.int32)
-        inside = components > 0
-        instances[inside] = components[inside] + offset
-        offset += int(components.max())
-    return instances
-
-
-def border_weight_map(
-    instance_labels: np.ndarray, *, w0: float = 10.0, sigma: float = 5.0,
-    class_weights: Optional[Literal["balanced"]] = "balanced", labels: Optional[np.ndarray] = None,
-    spacing: Optional[Sequence[float]] = None,
-) -> np.ndarray:
-    """The U-Net paper's weight map ``w(x) = w_c(x) + w0 exp(-(d1(x) + d2(x))^2 / (2 sigma^2))``.
-
-    instance_labels: (H, W) or (D, H, W) integers, 0 background, one id per object (see
-    :func:`instances_from_labels`). d1, d2: Euclidean distances (SimpleITK's exact Maurer
-    transform, in ``spacing`` units per numpy axis, default 1) to the nearest and second-nearest
-    instance; the exp term is added on background pixels only (the gaps between objects), and is 0
-    with fewer than two instances or where the second-nearest instance is beyond 4 sigma.
-    class_weights: "balanced" (w_c = count(background) / count(class), from ``labels`` or
-    foreground vs background) or None (w_c = 1). Returns float32 of the same shape.
-    """
-    instances = np.asarray(instance_labels)
-    if instances.ndim not in (2, 3):
-        raise ShapeError(f"instance labels of shape {instances.shape} are not valid; expected 2D or 3D")
-    if class_weights not in ("balanced", None):
-        raise choice_error("class_weights", class_weights, ["balanced", "None"])
-    _check_non_negative(w0=w0)
-    if not sigma > 0:
-        raise ConfigError(f"sigma={sigma} is not valid; allowed: a number > 0")
-    spacing = [1.0] * instances.ndim if spacing is None else [float(s) for s in spacing]
-    if len(spacing) != instances.ndim or min(spacing) <= 0:
-        raise ConfigError(f"spacing={spacing} is not valid; give {instances.ndim} positive values")
-    if labels is not None and np.shape(labels) != instances.shape:
-        raise ShapeError(f"labels {np.shape(labels)} and instance labels {instances.shape} differ in shape")
-
-    weights = np.ones(instances.shape, dtype=np.float32)
-    if class_weights == "balanced":  # w_c = N / (K count_c), scaled so background (else the commonest class) is 1
-        classes = np.asarray(labels) if labels is not None else (instances > 0).astype(np.uint8)
-        values, inverse, counts = np.unique(classes, return_inverse=True, return_counts=True)
-        reference = counts[values == 0][0] if (values == 0).any() else counts.max()
-        weights = (reference / counts).astype(np.float32)[inverse.reshape(classes.shape)]
-
-    nearest, second = np.full(instances.shape, np.inf), np.full(instances.shape, np.inf)
-    stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.Execute(sitk.GetImageFromArray(instances.astype(np.int32)))
-    margin = [math.ceil(_TRUNCATE_SIGMAS * sigma / s) for s in spacing]
-    for instance in stats.GetLabels():
-        box = stats.GetBoundingBox(instance)  # ITK order: x, y, (z) starts, then sizes
-        starts, sizes = box[: instances.ndim][::-1], box[instances.ndim:][::-1]
-        region = tuple(slice(max(start - m, 0), min(start + size + m, extent))
-                       for start, size, m, extent in zip(starts, sizes, margin, instances.shape))
-        mask = sitk.GetImageFromArray((instances[region] == instance).astype(np.uint8))
-        mask.SetSpacing(spacing[::-1])
-        distance = sitk.GetArrayFromImage(
-            sitk.SignedMaurerDistanceMap(mask, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
-        ).clip(min=0.0)
-        d1, d2 = nearest[region], second[region]
-        d2[...] = np.minimum(d2, np.maximum(d1, distance))
-        d1[...] = np.minimum(d1, distance)
-
-    background = instances == 0
-    border = w0 * np.exp(-((nearest[background] + second[background]) ** 2) / (2.0 * sigma**2))
-    weights[background] += border.astype(np.float32)
-    return weights
-
-
 # ----------------------------------------------------------------------------- from the config
 
 
@@ -458,15 +410,24 @@ def loss_from_config(config: LossConfig, *, activation: str, num_outputs: int) -
     if activation == "softmax" and num_outputs < 2:
         raise ConfigError(f"softmax needs at least 2 output channels, the network has {num_outputs}")
     if config.class_weights is not None and len(config.class_weights) != num_outputs:
-        raise ConfigError(f"loss.class_weights has {len(config.class_weights)} values but the network has "
-                          f"{num_outputs} output channels; give one weight per channel")
+        raise ConfigError(
+            f"loss.class_weights has {len(config.class_weights)} values but the network has "
+            f"{num_outputs} output channels; give one weight per channel"
+        )
     dice = dict(include_background=config.include_background)
     weights = dict(class_weights=config.class_weights)
     builders = {
-        "dice_focal": lambda: DiceFocalLoss(activation, dice_weight=config.dice_weight,
-                                            focal_weight=config.focal_weight, gamma=config.gamma, **dice, **weights),
-        "dice_ce": lambda: DiceCELoss(activation, dice_weight=config.dice_weight, ce_weight=config.focal_weight,
-                                      **dice, **weights),
+        "dice_focal": lambda: DiceFocalLoss(
+            activation,
+            dice_weight=config.dice_weight,
+            focal_weight=config.focal_weight,
+            gamma=config.gamma,
+            **dice,
+            **weights,
+        ),
+        "dice_ce": lambda: DiceCELoss(
+            activation, dice_weight=config.dice_weight, ce_weight=config.focal_weight, **dice, **weights
+        ),
         "dice": lambda: DiceLoss(activation, **dice),
         "focal": lambda: FocalLoss(activation, gamma=config.gamma, **weights),
         "ce": lambda: CrossEntropyLoss(activation, **weights),

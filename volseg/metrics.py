@@ -81,10 +81,8 @@ def _check_structures(structures: Mapping[str, Sequence[int]]) -> dict[str, list
     checked = {}
     for name, values in structures.items():
         vals = list(values) if isinstance(values, Iterable) else [values]
-        if not vals or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                               for v in vals):
-            raise ConfigError(f"structure {name!r} needs a non-empty list of integer label "
-                              f"values, got {values!r}")
+        if not vals or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in vals):
+            raise ConfigError(f"structure {name!r} needs a non-empty list of integer label values, got {values!r}")
         checked[str(name)] = [int(v) for v in vals]
     return checked
 
@@ -110,8 +108,9 @@ def _bounding_box(mask: torch.Tensor, margin: int = 1) -> tuple[slice, ...]:
     return tuple(box)
 
 
-def _structure_metrics(pred: torch.Tensor, ref: torch.Tensor, spacing: tuple[float, ...],
-                       tolerance_mm: float, voxel_ml: float) -> dict[str, float]:
+def _structure_metrics(
+    pred: torch.Tensor, ref: torch.Tensor, spacing: tuple[float, ...], tolerance_mm: float, voxel_ml: float
+) -> dict[str, float]:
     """All :data:`METRICS` for boolean masks ``pred`` and ``ref`` of shape ``(*S)``."""
     n_pred, n_ref = int(pred.count_nonzero()), int(ref.count_nonzero())
     # Crop to the foreground box (one voxel when both are empty): the metrics are unchanged
@@ -119,8 +118,13 @@ def _structure_metrics(pred: torch.Tensor, ref: torch.Tensor, spacing: tuple[flo
     box = _bounding_box(pred | ref) if n_pred or n_ref else (slice(0, 1),) * pred.ndim
     pred, ref = pred[box].cpu(), ref[box].cpu()
     tp = int((pred & ref).count_nonzero())
-    out = {"volume_pred_ml": n_pred * voxel_ml, "volume_ref_ml": n_ref * voxel_ml,
-           "tp": tp, "fp": n_pred - tp, "fn": n_ref - tp}
+    out = {
+        "volume_pred_ml": n_pred * voxel_ml,
+        "volume_ref_ml": n_ref * voxel_ml,
+        "tp": tp,
+        "fp": n_pred - tp,
+        "fn": n_ref - tp,
+    }
     p, r = pred[None, None].float(), ref[None, None].float()  # (B=1, C=1, *S) one-hot
     # ignore_empty=False: both empty -> 1, one side empty -> 0 (the module's convention)
     out["dice"] = float(compute_dice(p, r, include_background=True, ignore_empty=False))
@@ -131,10 +135,10 @@ def _structure_metrics(pred: torch.Tensor, ref: torch.Tensor, spacing: tuple[flo
         return {m: out[m] for m in METRICS}
     with warnings.catch_warnings():  # MONAI's own call of its deprecated argument
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
-        out["hd95"] = float(compute_hausdorff_distance(
-            p, r, include_background=True, percentile=95, spacing=spacing))
-        out["surface_dice"] = float(compute_surface_dice(
-            p, r, class_thresholds=[tolerance_mm], include_background=True, spacing=spacing))
+        out["hd95"] = float(compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=spacing))
+        out["surface_dice"] = float(
+            compute_surface_dice(p, r, class_thresholds=[tolerance_mm], include_background=True, spacing=spacing)
+        )
     return {m: out[m] for m in METRICS}
 
 
@@ -171,8 +175,17 @@ def evaluate_case(
 
 def _empty_structure() -> dict[str, float]:
     """The metrics of a structure absent from both sides."""
-    return {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "surface_dice": 1.0, "volume_pred_ml": 0.0,
-            "volume_ref_ml": 0.0, "tp": 0, "fp": 0, "fn": 0}
+    return {
+        "dice": 1.0,
+        "iou": 1.0,
+        "hd95": 0.0,
+        "surface_dice": 1.0,
+        "volume_pred_ml": 0.0,
+        "volume_ref_ml": 0.0,
+        "tp": 0,
+        "fp": 0,
+        "fn": 0,
+    }
 
 
 def _label_values(volume: Volume) -> set[int]:
@@ -183,8 +196,9 @@ def _label_values(volume: Volume) -> set[int]:
     return {int(v) for v in values if v != 0}
 
 
-def _resolve_structures(labels: Iterable[int] | None, regions: Mapping[str, Sequence[int]] | None,
-                        pred: Volume, ref: Volume) -> dict[str, list[int]]:
+def _resolve_structures(
+    labels: Iterable[int] | None, regions: Mapping[str, Sequence[int]] | None, pred: Volume, ref: Volume
+) -> dict[str, list[int]]:
     if labels is not None and regions is not None:
         raise ConfigError("give labels or regions, not both")
     if regions is not None:
@@ -199,14 +213,14 @@ def _read_pair(pred_path: str | os.PathLike, ref_path: str | os.PathLike) -> tup
     ref, pred = read_volume(ref_path), read_volume(pred_path)
     for vol, role in ((pred, "prediction"), (ref, "reference")):
         if vol.array.ndim != vol.spatial_dims:
-            raise ShapeError(f"{role} '{vol.path}' has channels (shape {vol.array.shape}); "
-                             "expected a label map")
+            raise ShapeError(f"{role} '{vol.path}' has channels (shape {vol.array.shape}); expected a label map")
     if not same_grid(pred, ref):
-        diff = (float(np.max(np.abs(pred.affine - ref.affine)))
-                if pred.spatial_shape == ref.spatial_shape else math.nan)
-        raise ShapeError(f"prediction '{pred.path}' (shape {pred.spatial_shape}) and reference "
-                         f"'{ref.path}' (shape {ref.spatial_shape}) are on different grids"
-                         + ("" if math.isnan(diff) else f" (affines differ by up to {diff:.3g})"))
+        diff = float(np.max(np.abs(pred.affine - ref.affine))) if pred.spatial_shape == ref.spatial_shape else math.nan
+        raise ShapeError(
+            f"prediction '{pred.path}' (shape {pred.spatial_shape}) and reference "
+            f"'{ref.path}' (shape {ref.spatial_shape}) are on different grids"
+            + ("" if math.isnan(diff) else f" (affines differ by up to {diff:.3g})")
+        )
     return pred, ref
 
 
@@ -226,8 +240,7 @@ def evaluate_files(
     if not structures:
         logger.info("'%s' and '%s' hold no labels: nothing to evaluate", pred.path, ref.path)
         return {}
-    return evaluate_case(pred.array, ref.array, spacing=ref.spacing, structures=structures,
-                         tolerance_mm=tolerance_mm)
+    return evaluate_case(pred.array, ref.array, spacing=ref.spacing, structures=structures, tolerance_mm=tolerance_mm)
 
 
 def _volume_files(folder: Path) -> dict[str, Path]:
@@ -270,21 +283,25 @@ def evaluate_folders(
     preds, refs = _volume_files(Path(pred_dir)), _volume_files(Path(ref_dir))
     no_pred, no_ref = sorted(set(refs) - set(preds)), sorted(set(preds) - set(refs))
     if no_pred or no_ref:
-        parts = ([f"{len(no_pred)} reference case(s) have no prediction in '{pred_dir}': "
-                  f"{_name_some(no_pred)}"] if no_pred else [])
-        parts += ([f"{len(no_ref)} prediction(s) have no reference in '{ref_dir}': "
-                   f"{_name_some(no_ref)}"] if no_ref else [])
+        parts = (
+            [f"{len(no_pred)} reference case(s) have no prediction in '{pred_dir}': {_name_some(no_pred)}"]
+            if no_pred
+            else []
+        )
+        parts += (
+            [f"{len(no_ref)} prediction(s) have no reference in '{ref_dir}': {_name_some(no_ref)}"] if no_ref else []
+        )
         if not allow_missing:
             raise InputFileError("; ".join(parts) + " (pass allow_missing=True to skip them)")
         logger.warning("skipping unpaired cases: %s", "; ".join(parts))
     paired = sorted(set(refs) & set(preds))
     if not paired:
-        raise InputFileError(f"no case to evaluate: no volume of '{ref_dir}' has a prediction "
-                             f"of the same case name in '{pred_dir}'")
+        raise InputFileError(
+            f"no case to evaluate: no volume of '{ref_dir}' has a prediction of the same case name in '{pred_dir}'"
+        )
     rows = []
     for i, cid in enumerate(paired, 1):
-        metrics = evaluate_files(preds[cid], refs[cid], labels=labels, regions=regions,
-                                 tolerance_mm=tolerance_mm)
+        metrics = evaluate_files(preds[cid], refs[cid], labels=labels, regions=regions, tolerance_mm=tolerance_mm)
         rows.append(CaseResult(cid, metrics, preds[cid], refs[cid]))
         logger.info("evaluated case %s (%d/%d)", cid, i, len(paired))
     if labels is None and regions is None:  # auto labels: absent on both sides = both empty
@@ -294,8 +311,9 @@ def evaluate_folders(
     return rows
 
 
-def summarise(rows: Iterable[CaseResult | Mapping[str, Mapping[str, float]]],
-              ) -> dict[str, dict[str, dict[str, float]]]:
+def summarise(
+    rows: Iterable[CaseResult | Mapping[str, Mapping[str, float]]],
+) -> dict[str, dict[str, dict[str, float]]]:
     """``{structure: {metric: {mean, std, median, ci95_low, ci95_high, n, n_nan}}}`` over the
     cases. NaNs are left out of mean/std (population, ddof=0)/median and counted in ``n_nan``;
     ``n`` is the number of non-NaN values. ``ci95_*`` bound the 95 % confidence interval of the

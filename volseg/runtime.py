@@ -81,8 +81,12 @@ def training_flags(deterministic: bool) -> Iterator[None]:
     exit, so a later prediction or run in the same process is not slowed or changed by them."""
     import torch
 
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     try:
         if deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)

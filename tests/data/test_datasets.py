@@ -37,19 +37,32 @@ def write_json(path: Path, data: object) -> None:
 
 def msd(root: Path, ids: list[str], modality: dict | None = None, **extra: object) -> Path:
     training = [{"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"} for i in ids]
-    write_json(root / "dataset.json", {"modality": modality or {"0": "MRI"}, "training": training,
-                                       "labels": {"0": "background", "1": "Anterior"}, **extra})
+    write_json(
+        root / "dataset.json",
+        {
+            "modality": modality or {"0": "MRI"},
+            "training": training,
+            "labels": {"0": "background", "1": "Anterior"},
+            **extra,
+        },
+    )
     touch(root, *(f"imagesTr/{i}.nii.gz" for i in ids), *(f"labelsTr/{i}.nii.gz" for i in ids))
     return root
 
 
 def nnunet(root: Path, ids: list[str], n: int = 2, ending: str = ".nii.gz") -> Path:
-    write_json(root / "dataset.json", {
-        "channel_names": {str(c): name for c, name in zip(range(n), ["T2", "ADC", "T1"])},
-        "labels": {"background": 0, "peripheral": 1, "transition": 2, "whole": [1, 2]},
-        "numTraining": len(ids), "file_ending": ending})
-    touch(root, *(f"imagesTr/{i}_{c:04d}{ending}" for i in ids for c in range(n)),
-          *(f"labelsTr/{i}{ending}" for i in ids))
+    write_json(
+        root / "dataset.json",
+        {
+            "channel_names": {str(c): name for c, name in zip(range(n), ["T2", "ADC", "T1"])},
+            "labels": {"background": 0, "peripheral": 1, "transition": 2, "whole": [1, 2]},
+            "numTraining": len(ids),
+            "file_ending": ending,
+        },
+    )
+    touch(
+        root, *(f"imagesTr/{i}_{c:04d}{ending}" for i in ids for c in range(n)), *(f"labelsTr/{i}{ending}" for i in ids)
+    )
     return root
 
 
@@ -87,9 +100,16 @@ def test_msd_cases_channels_labels_and_test_list(tmp_path, caplog):
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize(("modality", "expected"), [
-    ({"0": "CT"}, "CT"), ({"0": "MRI"}, "MRI"), ({"0": "T2", "1": "ADC"}, "MRI"), ({"0": "PET"}, "PET"),
-    ({"0": "CT", "1": "PET"}, None)])
+@pytest.mark.parametrize(
+    ("modality", "expected"),
+    [
+        ({"0": "CT"}, "CT"),
+        ({"0": "MRI"}, "MRI"),
+        ({"0": "T2", "1": "ADC"}, "MRI"),
+        ({"0": "PET"}, "PET"),
+        ({"0": "CT", "1": "PET"}, None),
+    ],
+)
 def test_msd_modality(tmp_path, modality, expected):
     assert find_cases(msd(tmp_path, ["a"], modality)).modality == expected
 
@@ -106,14 +126,32 @@ def test_msd_missing_files_and_orphan_labels_are_all_reported(tmp_path):
 
 
 def test_msd_entry_with_one_file_per_channel(tmp_path):
-    write_json(tmp_path / "dataset.json", {"modality": {"0": "T2", "1": "ADC"}, "training": [
-        {"image": ["imagesTr/p_t2.nii.gz", "imagesTr/p_adc.nii.gz"], "label": "labelsTr/p.nii.gz"},
-        {"image": ["imagesTr/q_t2.nii.gz"] * 3, "label": "labelsTr/q.nii.gz"}]})
-    touch(tmp_path, "imagesTr/p_t2.nii.gz", "imagesTr/p_adc.nii.gz", "imagesTr/q_t2.nii.gz", "labelsTr/p.nii.gz",
-          "labelsTr/q.nii.gz")
+    write_json(
+        tmp_path / "dataset.json",
+        {
+            "modality": {"0": "T2", "1": "ADC"},
+            "training": [
+                {"image": ["imagesTr/p_t2.nii.gz", "imagesTr/p_adc.nii.gz"], "label": "labelsTr/p.nii.gz"},
+                {"image": ["imagesTr/q_t2.nii.gz"] * 3, "label": "labelsTr/q.nii.gz"},
+            ],
+        },
+    )
+    touch(
+        tmp_path,
+        "imagesTr/p_t2.nii.gz",
+        "imagesTr/p_adc.nii.gz",
+        "imagesTr/q_t2.nii.gz",
+        "labelsTr/p.nii.gz",
+        "labelsTr/q.nii.gz",
+    )
     assert "q_t2: 3 image files listed for 2 channels" in error(tmp_path)
-    write_json(tmp_path / "dataset.json", {"modality": {"0": "T2", "1": "ADC"}, "training": [
-        {"image": ["imagesTr/p_t2.nii.gz", "imagesTr/p_adc.nii.gz"], "label": "labelsTr/p.nii.gz"}]})
+    write_json(
+        tmp_path / "dataset.json",
+        {
+            "modality": {"0": "T2", "1": "ADC"},
+            "training": [{"image": ["imagesTr/p_t2.nii.gz", "imagesTr/p_adc.nii.gz"], "label": "labelsTr/p.nii.gz"}],
+        },
+    )
     assert "q: label labelsTr/q.nii.gz has no image" in error(tmp_path)  # no longer listed
     (tmp_path / "labelsTr/q.nii.gz").unlink()
     images = find_cases(tmp_path).cases[0].images
@@ -226,11 +264,21 @@ def test_many_problems_list_ten_case_ids_and_the_count(tmp_path):
 # --------------------------------------------------------------------------- plain folders
 
 
-@pytest.mark.parametrize(("image", "label"), [
-    ("ct.nii.gz", "ct.nii.gz"), ("ct.nii", "ct_seg.nii.gz"), ("ct.nii.gz", "ct_label.nii"),
-    ("ct.mha", "ct_labels.mha"), ("ct.nrrd", "ct_mask.nrrd"), ("ct.mhd", "ct_gt.mhd"),
-    ("sub-1_ct.nii.gz", "sub-1_ct_seg-manual.nii.gz"), ("ct.nii.gz", "ct-seg.nii.gz"),
-    ("ct.nrrd", "ct.seg.nrrd"), ("ct.nii.gz", "ct.Segmentation.nii.gz")])
+@pytest.mark.parametrize(
+    ("image", "label"),
+    [
+        ("ct.nii.gz", "ct.nii.gz"),
+        ("ct.nii", "ct_seg.nii.gz"),
+        ("ct.nii.gz", "ct_label.nii"),
+        ("ct.mha", "ct_labels.mha"),
+        ("ct.nrrd", "ct_mask.nrrd"),
+        ("ct.mhd", "ct_gt.mhd"),
+        ("sub-1_ct.nii.gz", "sub-1_ct_seg-manual.nii.gz"),
+        ("ct.nii.gz", "ct-seg.nii.gz"),
+        ("ct.nrrd", "ct.seg.nrrd"),
+        ("ct.nii.gz", "ct.Segmentation.nii.gz"),
+    ],
+)
 def test_folder_pairs_label_by_stem(tmp_path, image, label):
     touch(tmp_path, f"images/{image}", f"labels/{label}", "images/notes.txt", "images/.DS_Store")
     ds = find_cases(tmp_path)
@@ -253,15 +301,25 @@ def test_folder_groups_channel_suffixes(tmp_path):
 
 
 def test_folder_numbered_ids_are_not_taken_for_channels(tmp_path):
-    touch(tmp_path, *(f"images/case_{i:04d}.nii.gz" for i in range(3)),
-          *(f"labels/case_{i:04d}_seg.nii.gz" for i in range(3)))
+    touch(
+        tmp_path,
+        *(f"images/case_{i:04d}.nii.gz" for i in range(3)),
+        *(f"labels/case_{i:04d}_seg.nii.gz" for i in range(3)),
+    )
     ds = find_cases(tmp_path)
     assert ds.case_ids == ["case_0000", "case_0001", "case_0002"] and ds.num_channels == 1
 
 
 def test_folder_problems(tmp_path):
-    touch(tmp_path, "images/a.nii", "images/a.nii.gz", "images/b.nii.gz", "labels/b.nii.gz", "labels/b_mask.nii.gz",
-          "labels/nobody_seg.nii.gz")
+    touch(
+        tmp_path,
+        "images/a.nii",
+        "images/a.nii.gz",
+        "images/b.nii.gz",
+        "labels/b.nii.gz",
+        "labels/b_mask.nii.gz",
+        "labels/nobody_seg.nii.gz",
+    )
     message = error(tmp_path)
     assert "a: 2 image files named a.*" in message and "b: 2 labels match it" in message
     assert "nobody_seg: label labels/nobody_seg.nii.gz matches no image in images/" in message
@@ -312,10 +370,19 @@ def test_real_brats2018():
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize(("name", "pairs"), [
-    ("spleen-ct-crop", {"sub-spleen2_ct.nii.gz": "sub-spleen2_ct_seg-manual.nii.gz"}),
-    ("brain-mri-tiny", {"anatomical.nii": "anatomical_label.nii.gz",
-                        "reoriented_anat_moved.nii": "reoriented_anat_moved_label.nii.gz"})])
+@pytest.mark.parametrize(
+    ("name", "pairs"),
+    [
+        ("spleen-ct-crop", {"sub-spleen2_ct.nii.gz": "sub-spleen2_ct_seg-manual.nii.gz"}),
+        (
+            "brain-mri-tiny",
+            {
+                "anatomical.nii": "anatomical_label.nii.gz",
+                "reoriented_anat_moved.nii": "reoriented_anat_moved_label.nii.gz",
+            },
+        ),
+    ],
+)
 def test_real_plain_folders(name, pairs):
     ds = find_cases(real(name))
     assert ds.layout == "folder" and not ds.test_cases
@@ -372,10 +439,15 @@ def test_save_load_round_trip_and_split_for_fold(tmp_path):
         save_folds([{"train": ["a"], "val": ["a"]}], tmp_path / "bad.json")
 
 
-@pytest.mark.parametrize(("text", "match"), [
-    ("{nope", "cannot read folds file"), ('{"train": []}', "non-empty list"),
-    ('[{"train": ["a"], "val": []}]', "fold 0 is not"),
-    ('[{"train": ["a"], "val": ["b"]}, {"train": ["c"], "val": ["b"]}]', "'b' is in val more than once")])
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("{nope", "cannot read folds file"),
+        ('{"train": []}', "non-empty list"),
+        ('[{"train": ["a"], "val": []}]', "fold 0 is not"),
+        ('[{"train": ["a"], "val": ["b"]}, {"train": ["c"], "val": ["b"]}]', "'b' is in val more than once"),
+    ],
+)
 def test_load_bad_folds_file(tmp_path, text, match):
     path = tmp_path / "splits.json"
     path.write_text(text)

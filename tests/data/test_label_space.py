@@ -18,8 +18,9 @@ BRATS23 = {0: "background", 1: "core", 2: "edema", 3: "enhancing"}
 
 
 def _config(labels, regions=None):
-    return config_from_dict({"data": {"root": "/nonexistent", "labels": labels, "regions": regions,
-                                      "channels": ["t1"]}})
+    return config_from_dict(
+        {"data": {"root": "/nonexistent", "labels": labels, "regions": regions, "channels": ["t1"]}}
+    )
 
 
 def test_softmax_labels_activation_outputs_and_names():

@@ -22,8 +22,10 @@ SHAPE = (20, 24, 16)
 BRATS_LABELS = {0: "background", 1: "core", 2: "edema", 4: "enhancing"}
 BRATS_REGIONS = {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}
 ALL_AUGMENTATIONS = {
-    **{name: {"prob": 1.0} for name in ("flip", "rotate90", "affine", "elastic", "noise", "blur", "brightness",
-                                         "contrast")},
+    **{
+        name: {"prob": 1.0}
+        for name in ("flip", "rotate90", "affine", "elastic", "noise", "blur", "brightness", "contrast")
+    },
     "elastic": {"prob": 1.0, "sigma": [2.0, 3.0], "magnitude": [50.0, 100.0]},
     "gamma": {"prob": 1.0, "range": [0.7, 1.5]},
     "low_resolution": {"prob": 1.0, "range": [0.5, 1.0]},
@@ -58,8 +60,10 @@ def case(tmp_path: Path) -> dict:
     image, label = brats_like(np.random.default_rng(1))
     return {
         "case_id": "case1",
-        "image": [save(tmp_path / "c_t1.nii.gz", image, lps_affine()),
-                  save(tmp_path / "c_t2.nii.gz", image * 3 + 5 * (image > 0), lps_affine())],
+        "image": [
+            save(tmp_path / "c_t1.nii.gz", image, lps_affine()),
+            save(tmp_path / "c_t2.nii.gz", image * 3 + 5 * (image > 0), lps_affine()),
+        ],
         "label": save(tmp_path / "c_seg.nii.gz", label, lps_affine()),
         "arrays": (image, label),
     }
@@ -89,8 +93,11 @@ def test_orientation_flips_lps_to_ras_exactly(case: dict) -> None:
 
 def test_spacing_gives_ras_affine_with_target_spacing(tmp_path: Path) -> None:
     image, label = brats_like(np.random.default_rng(2))
-    item = {"case_id": "s", "image": save(tmp_path / "a.nii.gz", image, lps_affine((1.0, 1.5, 2.0))),
-            "label": save(tmp_path / "b.nii.gz", label, lps_affine((1.0, 1.5, 2.0)))}
+    item = {
+        "case_id": "s",
+        "image": save(tmp_path / "a.nii.gz", image, lps_affine((1.0, 1.5, 2.0))),
+        "label": save(tmp_path / "b.nii.gz", label, lps_affine((1.0, 1.5, 2.0))),
+    }
     out = T.preprocessing_transforms(pre(spacing=[2.0, 1.0, 1.0]), with_label=True, labels=BRATS_LABELS)(item)
     affine = out["image"].affine.numpy()
     np.testing.assert_allclose(affine[:3, :3], np.diag([2.0, 1.0, 1.0]), atol=1e-6)
@@ -123,8 +130,11 @@ def test_crop_foreground_to_nonzero_box(tmp_path: Path) -> None:
     image[4, 6, 3] = 0.0  # a hole inside does not matter
     label = (image > 0).astype(np.uint8)
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
-    item = {"case_id": "crop", "image": save(tmp_path / "i.nii.gz", image, affine),
-            "label": save(tmp_path / "l.nii.gz", label, affine)}
+    item = {
+        "case_id": "crop",
+        "image": save(tmp_path / "i.nii.gz", image, affine),
+        "label": save(tmp_path / "l.nii.gz", label, affine),
+    }
     out = T.preprocessing_transforms(pre(crop_foreground=True), with_label=True, labels={0: "bg", 1: "fg"})(item)
     assert out["image"].shape == (1, 12, 15, 10) == out["label"].shape
     np.testing.assert_allclose(out["image"].affine.numpy()[:3, 3], [3.0, 5.0, 2.0])
@@ -199,14 +209,22 @@ def test_preprocessing_with_regions_gives_one_channel_each(case: dict) -> None:
 # ----------------------------------------------------------------------------- training
 
 
-@pytest.mark.parametrize("dims, patch, regions, class_balanced", [
-    (3, [8, 12, 6], None, False), (3, [8, 8, 8], BRATS_REGIONS, True),
-    (2, [10, 12], None, True), (2, [8, 8], BRATS_REGIONS, False),
-])
+@pytest.mark.parametrize(
+    "dims, patch, regions, class_balanced",
+    [
+        (3, [8, 12, 6], None, False),
+        (3, [8, 8, 8], BRATS_REGIONS, True),
+        (2, [10, 12], None, True),
+        (2, [8, 8], BRATS_REGIONS, False),
+    ],
+)
 def test_training_patches_have_patch_shape(case: dict, dims, patch, regions, class_balanced) -> None:
-    cfg = config(data={"labels": BRATS_LABELS, "regions": regions}, network={"spatial_dims": dims},
-                 sampling={"patch_size": patch, "class_balanced": class_balanced},
-                 preprocessing={"spacing": [1.5, 1.5, 1.5]})
+    cfg = config(
+        data={"labels": BRATS_LABELS, "regions": regions},
+        network={"spatial_dims": dims},
+        sampling={"patch_size": patch, "class_balanced": class_balanced},
+        preprocessing={"spacing": [1.5, 1.5, 1.5]},
+    )
     out = T.training_transforms(cfg)(case)
     assert type(out["image"]) is torch.Tensor and out["image"].dtype == torch.float32
     assert tuple(out["image"].shape) == (2, *patch)
@@ -219,14 +237,21 @@ def test_foreground_ratio_one_always_contains_foreground(tmp_path: Path, class_b
     image = np.ones(SHAPE, np.float32)
     label = np.zeros(SHAPE, np.uint8)
     label[17:19, 1:3, 13:15] = 1  # 8 voxels near a corner
-    item = {"image": save(tmp_path / "i.nii.gz", image, np.eye(4)),
-            "label": save(tmp_path / "l.nii.gz", label, np.eye(4))}
+    item = {
+        "image": save(tmp_path / "i.nii.gz", image, np.eye(4)),
+        "label": save(tmp_path / "l.nii.gz", label, np.eye(4)),
+    }
+
     def patches(ratio: float) -> list[int]:
-        cfg = config(data={"labels": {0: "bg", 1: "fg"}}, preprocessing={"intensity": "none"},
-                     sampling={"patch_size": [5, 5, 5], "foreground_ratio": ratio, "class_balanced": class_balanced})
+        cfg = config(
+            data={"labels": {0: "bg", 1: "fg"}},
+            preprocessing={"intensity": "none"},
+            sampling={"patch_size": [5, 5, 5], "foreground_ratio": ratio, "class_balanced": class_balanced},
+        )
         pipeline = T.training_transforms(cfg)
         pipeline.set_random_state(seed=0)
         return [int(pipeline(item)["label"].sum()) for _ in range(15)]
+
     assert min(patches(1.0)) > 0
     assert min(patches(0.0)) == 0  # the check above could fail: uniform patches miss the blob
 
@@ -234,8 +259,10 @@ def test_foreground_ratio_one_always_contains_foreground(tmp_path: Path, class_b
 @pytest.mark.parametrize("class_balanced", [False, True])
 def test_case_without_foreground_still_gives_patches(tmp_path: Path, class_balanced: bool) -> None:
     empty = np.zeros(SHAPE, np.uint8)
-    item = {"image": save(tmp_path / "i.nii.gz", np.ones(SHAPE, np.float32), np.eye(4)),
-            "label": save(tmp_path / "l.nii.gz", empty, np.eye(4))}
+    item = {
+        "image": save(tmp_path / "i.nii.gz", np.ones(SHAPE, np.float32), np.eye(4)),
+        "label": save(tmp_path / "l.nii.gz", empty, np.eye(4)),
+    }
     cfg = config(sampling={"patch_size": [6, 6, 6], "foreground_ratio": 1.0, "class_balanced": class_balanced})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MONAI warns that there is no foreground
@@ -245,13 +272,26 @@ def test_case_without_foreground_still_gives_patches(tmp_path: Path, class_balan
 
 @pytest.mark.parametrize("dims, patch", [(3, [8, 8, 8]), (2, [12, 12])])
 def test_every_augmentation_runs_and_keeps_labels_integral(case: dict, dims: int, patch: list[int]) -> None:
-    cfg = config(network={"spatial_dims": dims}, sampling={"patch_size": patch, "foreground_ratio": 1.0},
-                 augmentation=ALL_AUGMENTATIONS, preprocessing={"intensity": "mri"})
+    cfg = config(
+        network={"spatial_dims": dims},
+        sampling={"patch_size": patch, "foreground_ratio": 1.0},
+        augmentation=ALL_AUGMENTATIONS,
+        preprocessing={"intensity": "mri"},
+    )
     pipeline = T.training_transforms(cfg)
     names = [type(t).__name__ for t in pipeline.transforms]
-    expected = ["RandAffined", "Rand3DElasticd" if dims == 3 else "RandElastic2Dd", "RandRotate90d", "RandFlipd",
-                "RandGaussianNoised", "RandGaussianSmoothd", "RandScaleIntensityd", "RandScaleIntensityFixedMeand",
-                "RandSimulateLowResolutiond", "RandAdjustContrastd"]
+    expected = [
+        "RandAffined",
+        "Rand3DElasticd" if dims == 3 else "RandElastic2Dd",
+        "RandRotate90d",
+        "RandFlipd",
+        "RandGaussianNoised",
+        "RandGaussianSmoothd",
+        "RandScaleIntensityd",
+        "RandScaleIntensityFixedMeand",
+        "RandSimulateLowResolutiond",
+        "RandAdjustContrastd",
+    ]
     assert all(name in names for name in expected) and names.count("RandFlipd") == dims
     plain = T.training_transforms(config(network={"spatial_dims": dims}, sampling={"patch_size": patch}))
     assert len(names) == len(plain.transforms) + len(expected) + dims - 1
@@ -273,13 +313,18 @@ def test_elastic_2d_moves_image_and_label_together() -> None:
     assert torch.equal(out["image"] > 2.5, out["label"] > 0.5)
 
 
-@pytest.mark.parametrize("sections, message", [
-    ({"preprocessing": {"intensity": "ct", "clip": [-100.0, 200.0]}}, "preprocessing.mean, preprocessing.std"),
-    ({"preprocessing": {"orientation": "RAR"}}, "orientation"),
-    ({"sampling": {"patch_size": [8, 8, 4]}, "augmentation": {"rotate90": {"prob": 0.5, "axes": [0, 2]}}},
-     "equal patch sizes"),
-    ({"data": {"labels": BRATS_LABELS, "regions": {"ET": [5]}}}, r"regions\['ET'\].*values 5"),
-])
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"preprocessing": {"intensity": "ct", "clip": [-100.0, 200.0]}}, "preprocessing.mean, preprocessing.std"),
+        ({"preprocessing": {"orientation": "RAR"}}, "orientation"),
+        (
+            {"sampling": {"patch_size": [8, 8, 4]}, "augmentation": {"rotate90": {"prob": 0.5, "axes": [0, 2]}}},
+            "equal patch sizes",
+        ),
+        ({"data": {"labels": BRATS_LABELS, "regions": {"ET": [5]}}}, r"regions\['ET'\].*values 5"),
+    ],
+)
 def test_config_problems_are_config_errors(sections: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         T.training_transforms(config(**sections))
@@ -378,8 +423,11 @@ def test_real_brats_case_has_four_channels_and_nested_regions() -> None:
         pytest.skip(f"real data not found at {root} (it lives in ../shared/data beside the checkout)")
     folder = sorted(p for p in root.iterdir() if p.is_dir())[0]
     name = folder.name
-    item = {"case_id": name, "image": [str(folder / f"{name}_{c}.nii.gz") for c in ("flair", "t1", "t1ce", "t2")],
-            "label": str(folder / f"{name}_seg.nii.gz")}
+    item = {
+        "case_id": name,
+        "image": [str(folder / f"{name}_{c}.nii.gz") for c in ("flair", "t1", "t1ce", "t2")],
+        "label": str(folder / f"{name}_seg.nii.gz"),
+    }
     out = T.validation_transforms(config(data={"labels": BRATS_LABELS, "regions": BRATS_REGIONS}))(item)
     assert out["image"].shape[0] == 4 and out["label"].shape[0] == 3
     assert out["image"].shape[1:] == out["label"].shape[1:] and max(out["image"].shape[1:]) < 240  # cropped

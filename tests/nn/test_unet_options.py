@@ -20,8 +20,15 @@ def test_anisotropic_strides_set_the_size_rule_per_axis():
 
 
 def test_deep_supervision_shapes_follow_the_strides():
-    model = create_model("unet", 3, 1, 2, features=[4, 8, 16, 16], strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]],
-                         deep_supervision=True).train()
+    model = create_model(
+        "unet",
+        3,
+        1,
+        2,
+        features=[4, 8, 16, 16],
+        strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]],
+        deep_supervision=True,
+    ).train()
     outputs = model(torch.randn(1, 1, 8, 16, 16))
     assert [tuple(o.shape[2:]) for o in outputs] == [(8, 16, 16), (8, 8, 8), (4, 4, 4)]
 

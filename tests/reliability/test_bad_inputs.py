@@ -55,13 +55,15 @@ BRATS = ["flair", "t1", "t1ce", "t2"]
 
 
 def _config(channels: list[str], labels: dict[int, str]):
-    return config_from_dict({
-        "data": {"labels": labels, "channels": channels},
-        "preprocessing": {"orientation": "RAS", "intensity": "mri", "crop_foreground": True},
-        "network": {"options": {"features": [4, 8]}},
-        "sampling": {"patch_size": [16, 16, 16]},
-        "inference": {"sw_batch_size": 2},
-    })
+    return config_from_dict(
+        {
+            "data": {"labels": labels, "channels": channels},
+            "preprocessing": {"orientation": "RAS", "intensity": "mri", "crop_foreground": True},
+            "network": {"options": {"features": [4, 8]}},
+            "sampling": {"patch_size": [16, 16, 16]},
+            "inference": {"sw_batch_size": 2},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +73,10 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     one = create_model("unet", 3, 1, 3, features=[4, 8])
     four = create_model("unet", 3, 4, 4, features=[4, 8])
     paths = {"ckpt": folder / "tiny.pt", "ckpt4": folder / "tiny4.pt"}
-    save_checkpoint(build_checkpoint(one, _config(["image"], {0: "background", 1: "outer", 2: "inner"})),
-                    paths["ckpt"])
-    save_checkpoint(build_checkpoint(four, _config(BRATS, {0: "background", 1: "core", 2: "edema", 4: "et"})),
-                    paths["ckpt4"])
+    save_checkpoint(build_checkpoint(one, _config(["image"], {0: "background", 1: "outer", 2: "inner"})), paths["ckpt"])
+    save_checkpoint(
+        build_checkpoint(four, _config(BRATS, {0: "background", 1: "core", 2: "edema", 4: "et"})), paths["ckpt4"]
+    )
     return paths
 
 
@@ -148,6 +150,7 @@ def truncated(suffix: str, fraction: float = 0.5) -> Callable[[Ctx], None]:
         data = path.read_bytes()
         path.unlink()
         (c.d / f"in{suffix}").write_bytes(data[: int(len(data) * fraction)])
+
     return build
 
 
@@ -189,11 +192,13 @@ def _set(**fields) -> Callable[[nib.Nifti1Header], None]:
     def edit(header: nib.Nifti1Header) -> None:
         for key, value in fields.items():
             header[key] = value
+
     return edit
 
 
 def header_claims(shape: tuple[int, ...], datatype=np.float32) -> Callable[[Ctx], None]:
     """A NIfTI whose header says ``shape`` but which holds a few bytes of data only."""
+
     def build(c: Ctx) -> None:
         header = nib.Nifti1Header()
         header.set_data_dtype(datatype)
@@ -203,6 +208,7 @@ def header_claims(shape: tuple[int, ...], datatype=np.float32) -> Callable[[Ctx]
         header["vox_offset"] = 352
         header.set_sform(np.eye(4), code=1)
         (c.d / "in.nii").write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 64)
+
     return build
 
 
@@ -212,11 +218,13 @@ def with_nonfinite(value: float) -> Callable[[Ctx], None]:
         arr[5, 5, 5] = value
         arr[6, 6, 6] = value
         nifti(c.d / "in.nii.gz", arr)
+
     return build
 
 
 def extremes(dtype) -> Callable[[Ctx], None]:
     """Integer data reaching both ends of its type, with an ordinary body between."""
+
     def build(c: Ctx) -> None:
         info = np.iinfo(dtype)
         arr = np.clip(image(), info.min, info.max).astype(dtype)
@@ -224,11 +232,13 @@ def extremes(dtype) -> Callable[[Ctx], None]:
         arr[10:13, 10:13, 6:9] = info.min if info.min < 0 else 0
         arr[0, 0, 0] = info.min
         nifti(c.d / "in.nii.gz", arr)
+
     return build
 
 
 def mha_with_direction(direction: np.ndarray) -> Callable[[Ctx], None]:
     """An MHA file with a non-orthonormal direction matrix written into its text header."""
+
     def build(c: Ctx) -> None:
         data = np.ascontiguousarray(image().transpose(2, 1, 0))  # (z, y, x) for ITK
         matrix = " ".join(f"{v:.6f}" for v in direction.T.ravel())  # MetaIO lists columns
@@ -238,6 +248,7 @@ def mha_with_direction(direction: np.ndarray) -> Callable[[Ctx], None]:
             "ElementSpacing = 1 1 1\nDimSize = 20 18 12\nElementType = MET_FLOAT\nElementDataFile = LOCAL\n"
         )
         (c.d / "in.mha").write_bytes(header.encode() + data.astype("<f4").tobytes())
+
     return build
 
 
@@ -248,6 +259,7 @@ def brats_case(missing: str | None) -> Callable[[Ctx], None]:
         for i, channel in enumerate(BRATS):
             if channel != missing:
                 nifti(folder / f"BraTS-001_{channel}.nii.gz", image(seed=i))
+
     return build
 
 
@@ -259,6 +271,7 @@ def dicom_two_series(write_series) -> Callable[[Ctx], None]:
         for path in (c.d / "dicom_b").iterdir():
             path.rename(c.d / "dicom" / f"b_{path.name}")
         (c.d / "dicom_b").rmdir()
+
     return build
 
 
@@ -272,6 +285,7 @@ def folder_of(files: dict[str, bytes | np.ndarray]) -> Callable[[Ctx], None]:
                 vio.write_volume(c.d / "in" / name, content, np.eye(4))
             else:
                 nifti(c.d / "in" / name, content)
+
     return build
 
 
@@ -279,6 +293,7 @@ def both(*builders: Callable[[Ctx], None]) -> Callable[[Ctx], None]:
     def build(c: Ctx) -> None:
         for b in builders:
             b(c)
+
     return build
 
 
@@ -322,6 +337,7 @@ def checkpoint_variant(change: Callable[[dict], dict | bytes]) -> Callable[[Ctx]
             (c.d / "model.pt").write_bytes(result)
         else:
             torch.save(result, c.d / "model.pt")
+
     return build
 
 
@@ -352,6 +368,7 @@ def eval_pair(pred: np.ndarray, ref: np.ndarray, pred_affine=None, ref_affine=No
     def build(c: Ctx) -> None:
         nifti(c.d / "pred.nii.gz", pred, pred_affine)
         nifti(c.d / "ref.nii.gz", ref, ref_affine)
+
     return build
 
 
@@ -371,20 +388,47 @@ def msd(c: Ctx, cases: int = 4, change: Callable[[Path, int], None] | None = Non
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
         if change is not None:
             change(root, i)
-    (root / "dataset.json").write_text(json.dumps({
-        "name": "tiny", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "outer", "2": "inner"},
-        "numTraining": cases, "training": training, "test": []}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "tiny",
+                "modality": {"0": "MRI"},
+                "labels": {"0": "background", "1": "outer", "2": "inner"},
+                "numTraining": cases,
+                "training": training,
+                "test": [],
+            }
+        )
+    )
     return root
 
 
 def train_config(root: Path, **sections) -> dict:
     values = {
-        "data": {"root": str(root), "channels": ["MRI"], "labels": {0: "background", 1: "outer", 2: "inner"},
-                 "num_folds": 2, "num_workers": 0, "cache": "memory"},
+        "data": {
+            "root": str(root),
+            "channels": ["MRI"],
+            "labels": {0: "background", 1: "outer", 2: "inner"},
+            "num_folds": 2,
+            "num_workers": 0,
+            "cache": "memory",
+        },
         "network": {"options": {"features": [4, 8]}},
         "sampling": {"patch_size": [16, 16, 16], "batch_size": 1},
-        "augmentation": {name: {"prob": 0.0} for name in ("flip", "affine", "elastic", "noise", "blur", "brightness",
-                                                          "contrast", "gamma", "low_resolution")},
+        "augmentation": {
+            name: {"prob": 0.0}
+            for name in (
+                "flip",
+                "affine",
+                "elastic",
+                "noise",
+                "blur",
+                "brightness",
+                "contrast",
+                "gamma",
+                "low_resolution",
+            )
+        },
         "loss": {"deep_supervision": False},
         "training": {"epochs": 1, "iterations_per_epoch": 1, "device": "cpu"},
         "inference": {"sw_batch_size": 2},
@@ -401,6 +445,7 @@ def dataset_and_config(change=None, config_change: Callable[[dict], dict] | None
         if config_change is not None:
             values = config_change(values)
         (c.d / "cfg.yaml").write_text(yaml.safe_dump(values))
+
     return build
 
 
@@ -408,17 +453,20 @@ def spoil_label(index: int, arr_fn: Callable[[], np.ndarray], affine=None):
     def change(root: Path, i: int) -> None:
         if i == index:
             nifti(root / "labelsTr" / f"case_{i:03d}.nii.gz", arr_fn(), affine)
+
     return change
 
 
 def spoil_image(index: int, arr_fn: Callable[[], np.ndarray] | None):
     """Replace the image of case ``index`` by ``arr_fn()``, or cut its file in half (None)."""
+
     def change(root: Path, i: int) -> None:
         path = root / "imagesTr" / f"case_{i:03d}.nii.gz"
         if i == index and arr_fn is None:
             path.write_bytes(path.read_bytes()[:200])
         elif i == index:
             nifti(path, arr_fn())
+
     return change
 
 
@@ -432,6 +480,7 @@ def edit_dataset_json(edit: Callable[[dict], None]) -> Callable[[Ctx], None]:
         meta = json.loads((root / "dataset.json").read_text())
         edit(meta)
         (root / "dataset.json").write_text(json.dumps(meta))
+
     return build
 
 
@@ -440,6 +489,7 @@ def write_config(values: dict | str) -> Callable[[Ctx], None]:
         root = msd(c, cases=2)
         text = values if isinstance(values, str) else yaml.safe_dump(values)
         (c.d / "cfg.yaml").write_text(text.replace("ROOT", str(root)))
+
     return build
 
 
@@ -487,8 +537,10 @@ def _gifti_input(c: Ctx) -> None:
 
 def _nibabel_file(name: str) -> Callable[[Ctx], None]:
     """A copy of a file of nibabel's installed test data."""
+
     def build(c: Ctx) -> None:
         (c.d / name).write_bytes((Path(nib.__file__).parent / "tests" / "data" / name).read_bytes())
+
     return build
 
 
@@ -498,6 +550,7 @@ def check_qform_equals_sform(c_affine: np.ndarray) -> Callable[[Path], None]:
         np.testing.assert_allclose(img.get_sform(), c_affine, atol=1e-5)
         np.testing.assert_allclose(img.get_qform(), c_affine, atol=1e-4)
         assert int(img.header["sform_code"]) > 0 and int(img.header["qform_code"]) > 0
+
     return check
 
 
@@ -511,6 +564,7 @@ NON_ORTHONORMAL = np.array([[1.0, 0.4, 0.0], [0.0, 1.0, 0.0], [0.0, 0.3, 1.0]])
 def _labels_only(values: set[int]) -> Callable[[Path], None]:
     def check(output: Path) -> None:
         assert set(np.unique(vio.read_volume(output).array).tolist()) <= values
+
     return check
 
 
@@ -543,233 +597,555 @@ CASES: list = [
     ("truncated .nii (data cut)", truncated(".nii", 0.6), predict("in.nii"), Fails("truncated or corrupt image data")),
     ("header-only .nii.gz (cut at 200 bytes)", truncated(".nii.gz", 0.05), PREDICT, Fails("in.nii.gz")),
     ("gzip stream with a flipped byte", gzip_flipped_byte, PREDICT, Fails("truncated or corrupt image data")),
-    ("text file named .nii.gz", raw_bytes("in.nii.gz", b"patient: 12\nno image here\n"), PREDICT,
-     Fails("not a valid NIfTI file")),
+    (
+        "text file named .nii.gz",
+        raw_bytes("in.nii.gz", b"patient: 12\nno image here\n"),
+        PREDICT,
+        Fails("not a valid NIfTI file"),
+    ),
     ("empty file named .nii.gz", raw_bytes("in.nii.gz", b""), PREDICT, Fails("in.nii.gz")),
     ("wrong magic bytes", wrong_magic, predict("in.nii"), Fails("not a valid NIfTI file")),
     ("vox_offset = inf", raw_input(image(), _set(vox_offset=np.inf)), PREDICT, Fails("not a valid NIfTI file")),
-    ("vox_offset past the end of the file", raw_input(image(), _set(vox_offset=1e6)), PREDICT,
-     Fails("truncated or corrupt image data")),
-    ("unknown datatype code", raw_input(image(), _set(datatype=77)), PREDICT,
-     Fails("not a valid NIfTI file (data code 77 not recognized)")),
-    ("pixdim 0 (nibabel sets it to 1; a warning says so)", raw_input(image(), _fix_pixdim), PREDICT,
-     Works(grid="in.nii.gz", stderr="nibabel corrected its header: pixdim[1,2,3] should be non-zero")),
-    ("pixdim 0 and NaN voxels, --strict: the error alone",
-     raw_input(np.where(image() > 90, np.nan, image()), _fix_pixdim), [*PREDICT, "--strict"], Fails("NaN or infinite")),
-    ("gzip of text named .nii.gz", raw_bytes("in.nii.gz", gzip.compress(b"hello " * 100)), PREDICT,
-     Fails("not a valid NIfTI file")),
-    ("text file named .nrrd", raw_bytes("in.nrrd", b"NRRD0004\ntype: float\nnonsense\n"), predict("in.nrrd"),
-     Fails("not a readable image")),
-    ("unknown extension (.png)", raw_bytes("in.png", b"\x89PNG\r\n\x1a\n"), predict("in.png"),
-     Fails("unknown file extension")),
+    (
+        "vox_offset past the end of the file",
+        raw_input(image(), _set(vox_offset=1e6)),
+        PREDICT,
+        Fails("truncated or corrupt image data"),
+    ),
+    (
+        "unknown datatype code",
+        raw_input(image(), _set(datatype=77)),
+        PREDICT,
+        Fails("not a valid NIfTI file (data code 77 not recognized)"),
+    ),
+    (
+        "pixdim 0 (nibabel sets it to 1; a warning says so)",
+        raw_input(image(), _fix_pixdim),
+        PREDICT,
+        Works(grid="in.nii.gz", stderr="nibabel corrected its header: pixdim[1,2,3] should be non-zero"),
+    ),
+    (
+        "pixdim 0 and NaN voxels, --strict: the error alone",
+        raw_input(np.where(image() > 90, np.nan, image()), _fix_pixdim),
+        [*PREDICT, "--strict"],
+        Fails("NaN or infinite"),
+    ),
+    (
+        "gzip of text named .nii.gz",
+        raw_bytes("in.nii.gz", gzip.compress(b"hello " * 100)),
+        PREDICT,
+        Fails("not a valid NIfTI file"),
+    ),
+    (
+        "text file named .nrrd",
+        raw_bytes("in.nrrd", b"NRRD0004\ntype: float\nnonsense\n"),
+        predict("in.nrrd"),
+        Fails("not a readable image"),
+    ),
+    (
+        "unknown extension (.png)",
+        raw_bytes("in.png", b"\x89PNG\r\n\x1a\n"),
+        predict("in.png"),
+        Fails("unknown file extension"),
+    ),
     ("missing input file", lambda c: None, PREDICT, Fails("no such file or folder")),
     ("a folder named in.nii.gz", lambda c: (c.d / "in.nii.gz").mkdir(), PREDICT, Fails("found no volumes to segment")),
-    ("input path through a file", raw_bytes("blocker", b"x"), predict("blocker/in.nii.gz"),
-     Fails("no such file or folder")),
+    (
+        "input path through a file",
+        raw_bytes("blocker", b"x"),
+        predict("blocker/in.nii.gz"),
+        Fails("no such file or folder"),
+    ),
     # --- shapes volseg cannot segment
     ("2D image for a 3D model", input_nifti(image((20, 18))), PREDICT, Fails("is 2D; volseg pipelines need 3D")),
-    ("4D (3 channels) for a 1-channel model", input_nifti(image((20, 18, 12, 3))), PREDICT,
-     Fails("the model takes 1 channels (image); the input has 3")),
+    (
+        "4D (3 channels) for a 1-channel model",
+        input_nifti(image((20, 18, 12, 3))),
+        PREDICT,
+        Fails("the model takes 1 channels (image); the input has 3"),
+    ),
     ("5D image", input_nifti(image((10, 10, 8, 2, 3))), PREDICT, Fails("non-singleton dimensions")),
-    ("1D image", raw_input(np.arange(50, dtype=np.float32), lambda h: None), PREDICT,
-     Fails("has 1 dimension(s) (shape (50,)); volseg reads 2D and 3D volumes")),
-    ("RGB image for a 1-channel model", input_nifti(_rgb()), PREDICT,
-     Fails("the model takes 1 channels (image); the input has 3")),
-    ("RGBA image for a 1-channel model", input_nifti(_rgb(alpha=True)), PREDICT,
-     Fails("the model takes 1 channels (image); the input has 4")),
-    ("complex-valued image", input_nifti(image().astype(np.complex64)), PREDICT,
-     Fails("has complex64 voxels; volseg reads integer or float data")),
+    (
+        "1D image",
+        raw_input(np.arange(50, dtype=np.float32), lambda h: None),
+        PREDICT,
+        Fails("has 1 dimension(s) (shape (50,)); volseg reads 2D and 3D volumes"),
+    ),
+    (
+        "RGB image for a 1-channel model",
+        input_nifti(_rgb()),
+        PREDICT,
+        Fails("the model takes 1 channels (image); the input has 3"),
+    ),
+    (
+        "RGBA image for a 1-channel model",
+        input_nifti(_rgb(alpha=True)),
+        PREDICT,
+        Fails("the model takes 1 channels (image); the input has 4"),
+    ),
+    (
+        "complex-valued image",
+        input_nifti(image().astype(np.complex64)),
+        PREDICT,
+        Fails("has complex64 voxels; volseg reads integer or float data"),
+    ),
     ("zero-sized dimension", header_claims((20, 0, 12)), predict("in.nii"), Fails("zero-sized dimension")),
-    ("header claiming terabytes", header_claims((20000, 20000, 20000)), predict("in.nii"),
-     Fails("over the 8.0 GiB limit")),
-    ("header claiming more data than the file holds", header_claims((64, 64, 64)), predict("in.nii"),
-     Fails("truncated or corrupt image data")),
-    ("1-channel image for a 4-channel model", input_nifti(image()), PREDICT4,
-     Fails("the model takes 4 channels (flair, t1, t1ce, t2); the input has 1")),
-    ("BraTS case folder missing t2", brats_case("t2"), predict("BraTS-001", model="{ckpt4}"),
-     Fails("BraTS case BraTS-001: missing t2")),
+    (
+        "header claiming terabytes",
+        header_claims((20000, 20000, 20000)),
+        predict("in.nii"),
+        Fails("over the 8.0 GiB limit"),
+    ),
+    (
+        "header claiming more data than the file holds",
+        header_claims((64, 64, 64)),
+        predict("in.nii"),
+        Fails("truncated or corrupt image data"),
+    ),
+    (
+        "1-channel image for a 4-channel model",
+        input_nifti(image()),
+        PREDICT4,
+        Fails("the model takes 4 channels (flair, t1, t1ce, t2); the input has 1"),
+    ),
+    (
+        "BraTS case folder missing t2",
+        brats_case("t2"),
+        predict("BraTS-001", model="{ckpt4}"),
+        Fails("BraTS case BraTS-001: missing t2"),
+    ),
     # --- voxel values
-    ("NaN voxels (replaced by 0, one warning)", with_nonfinite(np.nan), PREDICT,
-     Works(grid="in.nii.gz", stderr="2 NaN/Inf voxel(s) replaced by 0")),
-    ("Inf voxels (replaced by 0, one warning)", with_nonfinite(np.inf), PREDICT,
-     Works(grid="in.nii.gz", stderr="2 NaN/Inf voxel(s) replaced by 0")),
+    (
+        "NaN voxels (replaced by 0, one warning)",
+        with_nonfinite(np.nan),
+        PREDICT,
+        Works(grid="in.nii.gz", stderr="2 NaN/Inf voxel(s) replaced by 0"),
+    ),
+    (
+        "Inf voxels (replaced by 0, one warning)",
+        with_nonfinite(np.inf),
+        PREDICT,
+        Works(grid="in.nii.gz", stderr="2 NaN/Inf voxel(s) replaced by 0"),
+    ),
     ("-Inf voxels (replaced by 0, one warning)", with_nonfinite(-np.inf), PREDICT, Works(grid="in.nii.gz")),
-    ("NaN voxels with --strict", with_nonfinite(np.nan), [*PREDICT, "--strict"],
-     Fails("2 of 4320 voxels are NaN or infinite; refused by --strict")),
+    (
+        "NaN voxels with --strict",
+        with_nonfinite(np.nan),
+        [*PREDICT, "--strict"],
+        Fails("2 of 4320 voxels are NaN or infinite; refused by --strict"),
+    ),
     ("Inf voxels with --strict", with_nonfinite(np.inf), [*PREDICT, "--strict"], Fails("refused by --strict")),
     # --- other formats (tests/test_formats.py has each one's geometry)
     ("FreeSurfer .mgz input", _mgz_input, predict("in.mgz"), Works(grid="in.mgz")),
-    ("FreeSurfer .mgz input, --format same", _mgz_input, predict("in.mgz", "--format", "same", output="{d}/out"),
-     Works(grid="in.mgz", output="out/in.mgz")),
-    ("a CIFTI-2 file", _nibabel_file("row_major.dconn.nii"), predict("row_major.dconn.nii"),
-     Fails("is a CIFTI-2 file")),
+    (
+        "FreeSurfer .mgz input, --format same",
+        _mgz_input,
+        predict("in.mgz", "--format", "same", output="{d}/out"),
+        Works(grid="in.mgz", output="out/in.mgz"),
+    ),
+    (
+        "a CIFTI-2 file",
+        _nibabel_file("row_major.dconn.nii"),
+        predict("row_major.dconn.nii"),
+        Fails("is a CIFTI-2 file"),
+    ),
     ("a GIFTI surface", _gifti_input, predict("in.gii"), Fails("in.gii': is a GIFTI file")),
-    ("a PAR header without its REC", _nibabel_file("T1.PAR"), predict("T1.PAR"),
-     Fails("without its data file (T1.REC is missing)")),
+    (
+        "a PAR header without its REC",
+        _nibabel_file("T1.PAR"),
+        predict("T1.PAR"),
+        Fails("without its data file (T1.REC is missing)"),
+    ),
     ("a streamlines file", _nibabel_file("simple.trk"), predict("simple.trk"), Fails("streamlines file")),
-    ("scl_slope = inf (ignored, as nibabel does)", raw_input(image().astype(np.int16), _set(scl_slope=np.inf)),
-     PREDICT, Works(grid="in.nii.gz")),
-    ("scl_slope = NaN (no scaling)", raw_input(image().astype(np.int16), _set(scl_slope=np.nan)), PREDICT,
-     Works(grid="in.nii.gz")),
-    ("scl_inter = inf", raw_input(image().astype(np.int16), _set(scl_slope=2.0, scl_inter=np.inf)), PREDICT,
-     Fails("Valid slope but invalid intercept inf")),
-    ("scl_slope = 1e38 (scaled values overflow float32)",
-     raw_input(image().astype(np.int16), _set(scl_slope=1e38, scl_inter=0.0)), PREDICT,
-     Fails("has values beyond the float32 range")),
-    ("scl_slope = 0 (no scaling, by the NIfTI standard)", raw_input(image().astype(np.int16), _set(scl_slope=0.0)),
-     PREDICT, Works(grid="in.nii.gz")),
+    (
+        "scl_slope = inf (ignored, as nibabel does)",
+        raw_input(image().astype(np.int16), _set(scl_slope=np.inf)),
+        PREDICT,
+        Works(grid="in.nii.gz"),
+    ),
+    (
+        "scl_slope = NaN (no scaling)",
+        raw_input(image().astype(np.int16), _set(scl_slope=np.nan)),
+        PREDICT,
+        Works(grid="in.nii.gz"),
+    ),
+    (
+        "scl_inter = inf",
+        raw_input(image().astype(np.int16), _set(scl_slope=2.0, scl_inter=np.inf)),
+        PREDICT,
+        Fails("Valid slope but invalid intercept inf"),
+    ),
+    (
+        "scl_slope = 1e38 (scaled values overflow float32)",
+        raw_input(image().astype(np.int16), _set(scl_slope=1e38, scl_inter=0.0)),
+        PREDICT,
+        Fails("has values beyond the float32 range"),
+    ),
+    (
+        "scl_slope = 0 (no scaling, by the NIfTI standard)",
+        raw_input(image().astype(np.int16), _set(scl_slope=0.0)),
+        PREDICT,
+        Works(grid="in.nii.gz"),
+    ),
     ("int16 extremes", extremes(np.int16), PREDICT, Works(grid="in.nii.gz")),
     ("uint16 max", extremes(np.uint16), PREDICT, Works(grid="in.nii.gz")),
     ("int32 extremes", extremes(np.int32), PREDICT, Works(grid="in.nii.gz")),
-    ("uint8 image of zeros only", input_nifti(np.zeros(SHAPE, np.uint8)), PREDICT,
-     Works(grid="in.nii.gz", check=_labels_only({0, 1, 2}))),
+    (
+        "uint8 image of zeros only",
+        input_nifti(np.zeros(SHAPE, np.uint8)),
+        PREDICT,
+        Works(grid="in.nii.gz", check=_labels_only({0, 1, 2})),
+    ),
     ("int8 image", input_nifti(np.clip(image(), -128, 127).astype(np.int8)), PREDICT, Works(grid="in.nii.gz")),
     ("float64 image", input_nifti(image(dtype=np.float64)), PREDICT, Works(grid="in.nii.gz")),
     # --- geometry
     ("oblique affine", input_nifti(image(), OBLIQUE), PREDICT, Works(grid="in.nii.gz")),
     ("sheared affine (sform)", input_nifti(image(), SHEARED), PREDICT, Works(grid="in.nii.gz", check=_sheared_kept)),
-    ("qform and sform disagree (sform wins)", input_nifti(image(), None, qform=(QFORM, 1), sform=(SFORM, 2)),
-     PREDICT, Works(grid="in.nii.gz", check=check_qform_equals_sform(SFORM))),
-    ("qform only (sform_code 0)", input_nifti(image(), None, sform=(SFORM, 0), qform=(QFORM, 1)), PREDICT,
-     Works(grid="in.nii.gz", check=lambda out: np.testing.assert_allclose(vio.read_volume(out).affine, QFORM,
-                                                                           atol=1e-5))),
-    ("no qform or sform (codes 0)", input_nifti(image(), None, sform=(SFORM, 0), qform=(QFORM, 0)), PREDICT,
-     Works(grid="in.nii.gz")),
-    ("non-orthonormal direction (MHA)", mha_with_direction(NON_ORTHONORMAL), predict("in.mha"),
-     Works(grid="in.mha")),
-    ("singular affine (sform with a zero column)",
-     raw_input(image(), lambda h: (h.set_sform(np.diag([1.0, 0.0, 1.0, 1.0]), code=1), _set(qform_code=0)(h))),
-     PREDICT,
-     Fails("non-invertible voxel-to-world affine")),
+    (
+        "qform and sform disagree (sform wins)",
+        input_nifti(image(), None, qform=(QFORM, 1), sform=(SFORM, 2)),
+        PREDICT,
+        Works(grid="in.nii.gz", check=check_qform_equals_sform(SFORM)),
+    ),
+    (
+        "qform only (sform_code 0)",
+        input_nifti(image(), None, sform=(SFORM, 0), qform=(QFORM, 1)),
+        PREDICT,
+        Works(
+            grid="in.nii.gz",
+            check=lambda out: np.testing.assert_allclose(vio.read_volume(out).affine, QFORM, atol=1e-5),
+        ),
+    ),
+    (
+        "no qform or sform (codes 0)",
+        input_nifti(image(), None, sform=(SFORM, 0), qform=(QFORM, 0)),
+        PREDICT,
+        Works(grid="in.nii.gz"),
+    ),
+    ("non-orthonormal direction (MHA)", mha_with_direction(NON_ORTHONORMAL), predict("in.mha"), Works(grid="in.mha")),
+    (
+        "singular affine (sform with a zero column)",
+        raw_input(image(), lambda h: (h.set_sform(np.diag([1.0, 0.0, 1.0, 1.0]), code=1), _set(qform_code=0)(h))),
+        PREDICT,
+        Fails("non-invertible voxel-to-world affine"),
+    ),
     ("1-slice volume", input_nifti(image((20, 18, 1))), PREDICT, Works(grid="in.nii.gz")),
     ("volume thinner than the window (20x18x3)", input_nifti(image((20, 18, 3))), PREDICT, Works(grid="in.nii.gz")),
     ("tiny volume (2x2x2)", input_nifti(image((2, 2, 2))), PREDICT, Works(grid="in.nii.gz")),
     # --- paths and outputs
-    pytest.param("unreadable input (chmod 000)", unreadable_input, PREDICT,
-                 Fails("in.nii.gz': is not readable by this user (permission denied)"),
-                 marks=pytest.mark.skipif(IS_ROOT, reason=ROOT_REASON)),
-    ("unreadable input (access refused by the OS, simulated: runs as root too)", denied_input, PREDICT,
-     Fails("in.nii.gz': is not readable by this user (permission denied)")),
-    pytest.param("unwritable output folder (chmod 555)", unwritable_folder, PREDICT, Fails("cannot write"),
-                 marks=pytest.mark.skipif(IS_ROOT, reason=ROOT_REASON)),
-    ("output folder's parent is a file", both(input_nifti(image()), raw_bytes("blocker", b"x")),
-     predict(output="{d}/blocker/out/seg.nii.gz"), Fails("cannot write")),
-    ("existing output without --overwrite", both(input_nifti(image()), lambda c: _existing_output(c)), PREDICT,
-     Fails("exists; pass --overwrite to replace it")),
+    pytest.param(
+        "unreadable input (chmod 000)",
+        unreadable_input,
+        PREDICT,
+        Fails("in.nii.gz': is not readable by this user (permission denied)"),
+        marks=pytest.mark.skipif(IS_ROOT, reason=ROOT_REASON),
+    ),
+    (
+        "unreadable input (access refused by the OS, simulated: runs as root too)",
+        denied_input,
+        PREDICT,
+        Fails("in.nii.gz': is not readable by this user (permission denied)"),
+    ),
+    pytest.param(
+        "unwritable output folder (chmod 555)",
+        unwritable_folder,
+        PREDICT,
+        Fails("cannot write"),
+        marks=pytest.mark.skipif(IS_ROOT, reason=ROOT_REASON),
+    ),
+    (
+        "output folder's parent is a file",
+        both(input_nifti(image()), raw_bytes("blocker", b"x")),
+        predict(output="{d}/blocker/out/seg.nii.gz"),
+        Fails("cannot write"),
+    ),
+    (
+        "existing output without --overwrite",
+        both(input_nifti(image()), lambda c: _existing_output(c)),
+        PREDICT,
+        Fails("exists; pass --overwrite to replace it"),
+    ),
     ("full disk while writing", full_disk, PREDICT, Fails("No space left on device")),
     # --- models
-    ("corrupted checkpoint (truncated)", checkpoint_variant(_truncated_checkpoint), predict(model="{d}/model.pt"),
-     Fails("not a readable checkpoint")),
-    ("corrupted checkpoint (bytes flipped)", checkpoint_variant(_flipped_checkpoint), predict(model="{d}/model.pt"),
-     Fails("not a readable checkpoint")),
-    ("checkpoint of a newer format version", checkpoint_variant(lambda k: {**k, "format_version": 99}),
-     predict(model="{d}/model.pt"), Fails("format version 99")),
-    ("checkpoint of format version 0", checkpoint_variant(lambda k: {**k, "format_version": 0}),
-     predict(model="{d}/model.pt"), Fails("format version 0")),
-    ("a torch file that is not a volseg checkpoint", checkpoint_variant(lambda k: {"weights": k["state_dict"]}),
-     predict(model="{d}/model.pt"), Fails("not a volseg checkpoint")),
-    ("checkpoint whose weights do not fit its network",
-     checkpoint_variant(lambda k: {**k, "network": {**k["network"], "features": [8, 16]}}),
-     predict(model="{d}/model.pt"),
-     Fails("do not fit its network: Error(s) in loading state_dict for UNet: size mismatch for")),
-    ("nonexistent bundled model name", input_nifti(image()), predict(model="hipocampus"),
-     Fails("no such checkpoint file or bundled model")),
+    (
+        "corrupted checkpoint (truncated)",
+        checkpoint_variant(_truncated_checkpoint),
+        predict(model="{d}/model.pt"),
+        Fails("not a readable checkpoint"),
+    ),
+    (
+        "corrupted checkpoint (bytes flipped)",
+        checkpoint_variant(_flipped_checkpoint),
+        predict(model="{d}/model.pt"),
+        Fails("not a readable checkpoint"),
+    ),
+    (
+        "checkpoint of a newer format version",
+        checkpoint_variant(lambda k: {**k, "format_version": 99}),
+        predict(model="{d}/model.pt"),
+        Fails("format version 99"),
+    ),
+    (
+        "checkpoint of format version 0",
+        checkpoint_variant(lambda k: {**k, "format_version": 0}),
+        predict(model="{d}/model.pt"),
+        Fails("format version 0"),
+    ),
+    (
+        "a torch file that is not a volseg checkpoint",
+        checkpoint_variant(lambda k: {"weights": k["state_dict"]}),
+        predict(model="{d}/model.pt"),
+        Fails("not a volseg checkpoint"),
+    ),
+    (
+        "checkpoint whose weights do not fit its network",
+        checkpoint_variant(lambda k: {**k, "network": {**k["network"], "features": [8, 16]}}),
+        predict(model="{d}/model.pt"),
+        Fails("do not fit its network: Error(s) in loading state_dict for UNet: size mismatch for"),
+    ),
+    (
+        "nonexistent bundled model name",
+        input_nifti(image()),
+        predict(model="hipocampus"),
+        Fails("no such checkpoint file or bundled model"),
+    ),
     # --- folders
-    ("empty folder", lambda c: (c.d / "in").mkdir(), predict("in", output="{d}/out"),
-     Fails("found no volumes to segment")),
-    ("folder of non-image files", folder_of({"notes.txt": b"hello", "scan.jpg": b"\xff\xd8\xff", "x.csv": b"1,2"}),
-     predict("in", output="{d}/out"), Fails("found no volumes to segment")),
+    (
+        "empty folder",
+        lambda c: (c.d / "in").mkdir(),
+        predict("in", output="{d}/out"),
+        Fails("found no volumes to segment"),
+    ),
+    (
+        "folder of non-image files",
+        folder_of({"notes.txt": b"hello", "scan.jpg": b"\xff\xd8\xff", "x.csv": b"1,2"}),
+        predict("in", output="{d}/out"),
+        Fails("found no volumes to segment"),
+    ),
     ("DICOM folder with two series", None, predict("dicom"), Fails("holds 2 DICOM series")),
-    ("duplicate case ids in a folder (a.nii.gz and a.nrrd)",
-     folder_of({"a.nii.gz": image(), "a.nrrd": image(seed=1), "b.nii.gz": image(seed=2)}),
-     predict("in", output="{d}/out"), Fails("case a")),
-    ("folder with one bad file among good ones", folder_of({"a.nii.gz": image(), "b.nii.gz": b"garbage"}),
-     predict("in", output="{d}/out"), Fails("b.nii.gz", kept=("out/a.nii.gz",))),
+    (
+        "duplicate case ids in a folder (a.nii.gz and a.nrrd)",
+        folder_of({"a.nii.gz": image(), "a.nrrd": image(seed=1), "b.nii.gz": image(seed=2)}),
+        predict("in", output="{d}/out"),
+        Fails("case a"),
+    ),
+    (
+        "folder with one bad file among good ones",
+        folder_of({"a.nii.gz": image(), "b.nii.gz": b"garbage"}),
+        predict("in", output="{d}/out"),
+        Fails("b.nii.gz", kept=("out/a.nii.gz",)),
+    ),
     # --- options
-    ("--overlap 1.5", input_nifti(image()), predict("in.nii.gz", "--overlap", "1.5"),
-     Fails("--overlap 1.5 is not valid; allowed: 0 <= overlap < 1")),
-    ("--overlap -0.1", input_nifti(image()), predict("in.nii.gz", "--overlap", "-0.1"),
-     Fails("--overlap -0.1 is not valid")),
+    (
+        "--overlap 1.5",
+        input_nifti(image()),
+        predict("in.nii.gz", "--overlap", "1.5"),
+        Fails("--overlap 1.5 is not valid; allowed: 0 <= overlap < 1"),
+    ),
+    (
+        "--overlap -0.1",
+        input_nifti(image()),
+        predict("in.nii.gz", "--overlap", "-0.1"),
+        Fails("--overlap -0.1 is not valid"),
+    ),
     ("--batch 0", input_nifti(image()), predict("in.nii.gz", "--batch", "0"), Fails("--batch 0 is not valid")),
     ("--batch -3", input_nifti(image()), predict("in.nii.gz", "--batch", "-3"), Fails("--batch -3 is not valid")),
-    ("--batch many", input_nifti(image()), predict("in.nii.gz", "--batch", "many"),
-     Fails("--batch many is not valid; allowed: auto, or 1 or more")),
-    ("--min-size -1", input_nifti(image()), predict("in.nii.gz", "--min-size", "-1"),
-     Fails("--min-size -1.0 is not valid")),
-    ("--min-size nan", input_nifti(image()), predict("in.nii.gz", "--min-size", "nan"),
-     Fails("--min-size nan is not valid")),
+    (
+        "--batch many",
+        input_nifti(image()),
+        predict("in.nii.gz", "--batch", "many"),
+        Fails("--batch many is not valid; allowed: auto, or 1 or more"),
+    ),
+    (
+        "--min-size -1",
+        input_nifti(image()),
+        predict("in.nii.gz", "--min-size", "-1"),
+        Fails("--min-size -1.0 is not valid"),
+    ),
+    (
+        "--min-size nan",
+        input_nifti(image()),
+        predict("in.nii.gz", "--min-size", "nan"),
+        Fails("--min-size nan is not valid"),
+    ),
     # --- evaluate
-    ("evaluate: grids of different shapes", eval_pair(label_map(), label_map((20, 18, 11))), EVALUATE,
-     Fails("are on different grids")),
-    ("evaluate: same shape, different affines", eval_pair(label_map(), label_map(), np.eye(4), OBLIQUE), EVALUATE,
-     Fails("affines differ by up to")),
-    ("evaluate: both label maps empty", eval_pair(np.zeros(SHAPE, np.uint8), np.zeros(SHAPE, np.uint8)),
-     [*EVALUATE, "--labels", "1"], Works(stdout="1.0000 ± 0.0000")),
-    ("evaluate: empty prediction, labelled reference", eval_pair(np.zeros(SHAPE, np.uint8), label_map()),
-     EVALUATE, Works(stdout="0.0000 ± 0.0000")),
-    ("evaluate: probabilities given as labels", eval_pair(np.full(SHAPE, 0.3, np.float32), label_map()), EVALUATE,
-     Fails("is not a label map: it holds non-integer values")),
-    ("evaluate: NaN in the reference", eval_pair(label_map(), np.where(label_map() > 0, np.nan, 0).astype(np.float32)),
-     EVALUATE, Fails("NaN or infinite")),
-    ("evaluate: 4D prediction", eval_pair(np.stack([label_map()] * 2, -1), label_map()), EVALUATE,
-     Fails("has channels")),
-    ("evaluate: existing report without --overwrite",
-     both(eval_pair(label_map(), label_map()), raw_bytes("report.csv", b"old")), [*EVALUATE, "-o", "{d}/report.csv"],
-     Fails("exists; pass --overwrite")),
-    ("evaluate: folders of non-image files",
-     both(lambda c: (c.d / "p").mkdir(), lambda c: (c.d / "r").mkdir(), raw_bytes("p/a.txt", b"x"),
-          raw_bytes("r/a.txt", b"x")), ["evaluate", "{d}/p", "{d}/r", "--quiet"], Fails("no case to evaluate")),
-    ("evaluate: --labels a,b", eval_pair(label_map(), label_map()), [*EVALUATE, "--labels", "a,b"],
-     Fails("--labels 'a,b' is not valid")),
+    (
+        "evaluate: grids of different shapes",
+        eval_pair(label_map(), label_map((20, 18, 11))),
+        EVALUATE,
+        Fails("are on different grids"),
+    ),
+    (
+        "evaluate: same shape, different affines",
+        eval_pair(label_map(), label_map(), np.eye(4), OBLIQUE),
+        EVALUATE,
+        Fails("affines differ by up to"),
+    ),
+    (
+        "evaluate: both label maps empty",
+        eval_pair(np.zeros(SHAPE, np.uint8), np.zeros(SHAPE, np.uint8)),
+        [*EVALUATE, "--labels", "1"],
+        Works(stdout="1.0000 ± 0.0000"),
+    ),
+    (
+        "evaluate: empty prediction, labelled reference",
+        eval_pair(np.zeros(SHAPE, np.uint8), label_map()),
+        EVALUATE,
+        Works(stdout="0.0000 ± 0.0000"),
+    ),
+    (
+        "evaluate: probabilities given as labels",
+        eval_pair(np.full(SHAPE, 0.3, np.float32), label_map()),
+        EVALUATE,
+        Fails("is not a label map: it holds non-integer values"),
+    ),
+    (
+        "evaluate: NaN in the reference",
+        eval_pair(label_map(), np.where(label_map() > 0, np.nan, 0).astype(np.float32)),
+        EVALUATE,
+        Fails("NaN or infinite"),
+    ),
+    (
+        "evaluate: 4D prediction",
+        eval_pair(np.stack([label_map()] * 2, -1), label_map()),
+        EVALUATE,
+        Fails("has channels"),
+    ),
+    (
+        "evaluate: existing report without --overwrite",
+        both(eval_pair(label_map(), label_map()), raw_bytes("report.csv", b"old")),
+        [*EVALUATE, "-o", "{d}/report.csv"],
+        Fails("exists; pass --overwrite"),
+    ),
+    (
+        "evaluate: folders of non-image files",
+        both(
+            lambda c: (c.d / "p").mkdir(),
+            lambda c: (c.d / "r").mkdir(),
+            raw_bytes("p/a.txt", b"x"),
+            raw_bytes("r/a.txt", b"x"),
+        ),
+        ["evaluate", "{d}/p", "{d}/r", "--quiet"],
+        Fails("no case to evaluate"),
+    ),
+    (
+        "evaluate: --labels a,b",
+        eval_pair(label_map(), label_map()),
+        [*EVALUATE, "--labels", "a,b"],
+        Fails("--labels 'a,b' is not valid"),
+    ),
     # --- plan
     ("plan: empty folder", lambda c: (c.d / "data").mkdir(), PLAN, Fails("cannot tell the layout")),
-    ("plan: folder of non-image files", both(lambda c: (c.d / "data").mkdir(), raw_bytes("data/readme.txt", b"x")),
-     PLAN, Fails("cannot tell the layout")),
-    ("plan: dataset.json entry pointing nowhere",
-     edit_dataset_json(lambda m: m["training"].append({"image": "./imagesTr/gone.nii.gz",
-                                                       "label": "./labelsTr/gone.nii.gz"})),
-     PLAN, Fails("image ./imagesTr/gone.nii.gz listed in dataset.json does not exist")),
-    ("plan: duplicate case ids in dataset.json", edit_dataset_json(lambda m: m["training"].append(m["training"][0])),
-     PLAN, Fails("case_000: case id found 2 times")),
-    ("plan: dataset.json not JSON", both(lambda c: msd(c), raw_bytes("data/dataset.json", b"{not json")), PLAN,
-     Fails("cannot read dataset file")),
-    ("plan: existing output without --overwrite", both(lambda c: msd(c), raw_bytes("plan.yaml", b"x: 1")), PLAN,
-     Fails("plan.yaml exists; pass --overwrite")),
-    ("plan: a truncated image in the dataset", dataset_and_config(change=spoil_image(1, None)), PLAN,
-     Fails("case_001.nii.gz")),
+    (
+        "plan: folder of non-image files",
+        both(lambda c: (c.d / "data").mkdir(), raw_bytes("data/readme.txt", b"x")),
+        PLAN,
+        Fails("cannot tell the layout"),
+    ),
+    (
+        "plan: dataset.json entry pointing nowhere",
+        edit_dataset_json(
+            lambda m: m["training"].append({"image": "./imagesTr/gone.nii.gz", "label": "./labelsTr/gone.nii.gz"})
+        ),
+        PLAN,
+        Fails("image ./imagesTr/gone.nii.gz listed in dataset.json does not exist"),
+    ),
+    (
+        "plan: duplicate case ids in dataset.json",
+        edit_dataset_json(lambda m: m["training"].append(m["training"][0])),
+        PLAN,
+        Fails("case_000: case id found 2 times"),
+    ),
+    (
+        "plan: dataset.json not JSON",
+        both(lambda c: msd(c), raw_bytes("data/dataset.json", b"{not json")),
+        PLAN,
+        Fails("cannot read dataset file"),
+    ),
+    (
+        "plan: existing output without --overwrite",
+        both(lambda c: msd(c), raw_bytes("plan.yaml", b"x: 1")),
+        PLAN,
+        Fails("plan.yaml exists; pass --overwrite"),
+    ),
+    (
+        "plan: a truncated image in the dataset",
+        dataset_and_config(change=spoil_image(1, None)),
+        PLAN,
+        Fails("case_001.nii.gz"),
+    ),
     # --- train
-    ("train: config with an unknown key", write_config({"data": {"root": "ROOT"}, "trainig": {"epochs": 1}}), TRAIN,
-     Fails("unknown config key 'trainig' (did you mean 'training'?)")),
-    ("train: config value of the wrong type", write_config({"data": {"root": "ROOT"}, "training": {"epochs": "ten"}}),
-     TRAIN, Fails("training.epochs='ten' is not valid; expected an integer")),
+    (
+        "train: config with an unknown key",
+        write_config({"data": {"root": "ROOT"}, "trainig": {"epochs": 1}}),
+        TRAIN,
+        Fails("unknown config key 'trainig' (did you mean 'training'?)"),
+    ),
+    (
+        "train: config value of the wrong type",
+        write_config({"data": {"root": "ROOT"}, "training": {"epochs": "ten"}}),
+        TRAIN,
+        Fails("training.epochs='ten' is not valid; expected an integer"),
+    ),
     ("train: config that is not YAML", write_config("data: [root: {\n"), TRAIN, Fails("not valid YAML")),
     ("train: config that is a list", write_config("- 1\n- 2\n"), TRAIN, Fails("the config must be a mapping")),
     ("train: missing config file", lambda c: None, TRAIN, Fails("no such config file")),
-    ("train: data.root does not exist",
-     write_config({"data": {"root": "ROOT/nowhere", "labels": {0: "background", 1: "a"}}}), TRAIN,
-     Fails("does not exist")),
-    ("train: image and label grids disagree (shape)",
-     dataset_and_config(change=spoil_label(1, lambda: label_map((20, 18, 10)))), TRAIN,
-     Fails("have different shapes: (20, 18, 12) vs (20, 18, 10)")),
-    ("train: image and label grids disagree (affine)",
-     dataset_and_config(change=spoil_label(1, label_map, OBLIQUE)), TRAIN, Fails("have different affines")),
-    ("train: label values the config does not know",
-     dataset_and_config(change=spoil_label(0, lambda: label_map(values=(1, 7)))), TRAIN,
-     Fails("label values 7 are not in data.labels (allowed: 0, 1, 2)")),
-    ("train: NaN voxels in an image",
-     dataset_and_config(change=spoil_image(0, lambda: np.full(SHAPE, np.nan, np.float32))), TRAIN,
-     Fails("NaN or infinite")),
-    ("train: empty label map in one case", dataset_and_config(change=spoil_label(0, lambda: np.zeros(SHAPE, np.uint8))),
-     TRAIN, Works(output="run/last.pt")),
-    ("train: every label map empty", dataset_and_config(change=all_labels_empty), TRAIN,
-     Works(output="run/last.pt")),
+    (
+        "train: data.root does not exist",
+        write_config({"data": {"root": "ROOT/nowhere", "labels": {0: "background", 1: "a"}}}),
+        TRAIN,
+        Fails("does not exist"),
+    ),
+    (
+        "train: image and label grids disagree (shape)",
+        dataset_and_config(change=spoil_label(1, lambda: label_map((20, 18, 10)))),
+        TRAIN,
+        Fails("have different shapes: (20, 18, 12) vs (20, 18, 10)"),
+    ),
+    (
+        "train: image and label grids disagree (affine)",
+        dataset_and_config(change=spoil_label(1, label_map, OBLIQUE)),
+        TRAIN,
+        Fails("have different affines"),
+    ),
+    (
+        "train: label values the config does not know",
+        dataset_and_config(change=spoil_label(0, lambda: label_map(values=(1, 7)))),
+        TRAIN,
+        Fails("label values 7 are not in data.labels (allowed: 0, 1, 2)"),
+    ),
+    (
+        "train: NaN voxels in an image",
+        dataset_and_config(change=spoil_image(0, lambda: np.full(SHAPE, np.nan, np.float32))),
+        TRAIN,
+        Fails("NaN or infinite"),
+    ),
+    (
+        "train: empty label map in one case",
+        dataset_and_config(change=spoil_label(0, lambda: np.zeros(SHAPE, np.uint8))),
+        TRAIN,
+        Works(output="run/last.pt"),
+    ),
+    ("train: every label map empty", dataset_and_config(change=all_labels_empty), TRAIN, Works(output="run/last.pt")),
     ("train: volumes smaller than the patch", dataset_and_config(shape=(9, 8, 6)), TRAIN, Works(output="run/last.pt")),
-    ("train: no foreground label", write_config({"data": {"root": "ROOT"}}), TRAIN,
-     Fails("data.labels={0: 'background'} has no foreground label")),
-    ("train: --resume of a folder that is no run", lambda c: (c.d / "run").mkdir(),
-     ["train", "--resume", "{d}/run", "--quiet"], Fails("is not a volseg run folder")),
-    ("train: --set without =", dataset_and_config(), [*TRAIN, "--set", "training.epochs"],
-     Fails("--set 'training.epochs' is not valid")),
+    (
+        "train: no foreground label",
+        write_config({"data": {"root": "ROOT"}}),
+        TRAIN,
+        Fails("data.labels={0: 'background'} has no foreground label"),
+    ),
+    (
+        "train: --resume of a folder that is no run",
+        lambda c: (c.d / "run").mkdir(),
+        ["train", "--resume", "{d}/run", "--quiet"],
+        Fails("is not a volseg run folder"),
+    ),
+    (
+        "train: --set without =",
+        dataset_and_config(),
+        [*TRAIN, "--set", "training.epochs"],
+        Fails("--set 'training.epochs' is not valid"),
+    ),
 ]
 
 
@@ -779,8 +1155,11 @@ def _existing_output(c: Ctx) -> None:
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and os.access(p, os.R_OK)}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and os.access(p, os.R_OK)
+    }
 
 
 def _case_id(case) -> str:
@@ -844,15 +1223,18 @@ def test_bad_input(name, builder, argv, expected, tmp_path, checkpoints, capsys,
         expected.check(output)
 
 
-@pytest.mark.parametrize("option,value", [("sw_batch_size", 0), ("sw_batch_size", -1), ("overlap", 1.5),
-                                          ("overlap", float("nan"))])
+@pytest.mark.parametrize(
+    "option,value", [("sw_batch_size", 0), ("sw_batch_size", -1), ("overlap", 1.5), ("overlap", float("nan"))]
+)
 def test_the_predictor_refuses_what_the_cli_options_refuse(checkpoints, option, value):
     """Behind ``--batch`` and ``--overlap``: ``sw_batch_size=0`` is not "use the default"."""
     from volseg.errors import ConfigError
     from volseg.inference.predictor import Predictor
 
-    with pytest.raises(ConfigError, match=f"{option}={value!r} is not valid" if option == "sw_batch_size"
-                       else f"{option}={value} is not valid"):
+    with pytest.raises(
+        ConfigError,
+        match=f"{option}={value!r} is not valid" if option == "sw_batch_size" else f"{option}={value} is not valid",
+    ):
         Predictor.from_checkpoint(checkpoints["ckpt"], device="cpu", **{option: value})
 
 
@@ -864,8 +1246,24 @@ DTYPES = [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.float32, np.float
 DATATYPES = [2, 4, 8, 16, 64, 256, 512, 768, 1024, 1280, 32, 128, 1792, 2304, 0, 1, 1536, 2048, 77, -3, 30000]
 HOSTILE = st.sampled_from([0.0, -1.0, 1e-30, 1e30, 3e38, float("nan"), float("inf"), float("-inf")])
 FLOATS = st.one_of(HOSTILE, st.floats(-1e4, 1e4, allow_nan=False))
-FIELDS = ("dim", "dim0", "pixdim", "datatype", "bitpix", "vox_offset", "scl_slope", "scl_inter", "sform_code",
-          "qform_code", "srow", "quatern", "magic", "sizeof_hdr", "extension", "payload")
+FIELDS = (
+    "dim",
+    "dim0",
+    "pixdim",
+    "datatype",
+    "bitpix",
+    "vox_offset",
+    "scl_slope",
+    "scl_inter",
+    "sform_code",
+    "qform_code",
+    "srow",
+    "quatern",
+    "magic",
+    "sizeof_hdr",
+    "extension",
+    "payload",
+)
 
 
 @st.composite
@@ -895,8 +1293,9 @@ def nifti_files(draw):
         elif name == "bitpix":
             header["bitpix"] = draw(st.sampled_from([0, 1, 7, 8, 16, 64, 128, -8]))
         elif name == "vox_offset":
-            header["vox_offset"] = draw(st.sampled_from([0.0, 348.0, 351.0, 353.0, 368.0, 1e9, -352.0,
-                                                         float("nan"), float("inf")]))
+            header["vox_offset"] = draw(
+                st.sampled_from([0.0, 348.0, 351.0, 353.0, 368.0, 1e9, -352.0, float("nan"), float("inf")])
+            )
         elif name in ("scl_slope", "scl_inter"):
             header[name] = draw(FLOATS)
         elif name in ("sform_code", "qform_code"):
@@ -910,8 +1309,16 @@ def nifti_files(draw):
         elif name == "sizeof_hdr":
             header["sizeof_hdr"] = draw(st.sampled_from([0, 540, 347, -348, 1 << 24]))
         elif name == "extension":
-            extension = draw(st.sampled_from([b"", b"\1\0\0\0", b"\1\0\0\0" + struct.pack("<ii", 16, 6) + bytes(8),
-                                              b"\1\0\0\0" + struct.pack("<ii", 1 << 30, 6)]))
+            extension = draw(
+                st.sampled_from(
+                    [
+                        b"",
+                        b"\1\0\0\0",
+                        b"\1\0\0\0" + struct.pack("<ii", 16, 6) + bytes(8),
+                        b"\1\0\0\0" + struct.pack("<ii", 1 << 30, 6),
+                    ]
+                )
+            )
         else:
             cut = draw(st.integers(0, len(payload)))
             payload = payload[:cut] if draw(st.booleans()) else payload + bytes(draw(st.integers(1, 64)))

@@ -40,26 +40,41 @@ from volseg.training import trainer as training
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 AUGMENTED = {"flip": {"prob": 0.5}, "noise": {"prob": 0.5}, "gamma": {"prob": 0.5}}
-NO_AUGMENTATION = {name: {"prob": 0.0} for name in ("rotate90", "affine", "elastic", "blur", "brightness",
-                                                    "contrast", "low_resolution")}
+NO_AUGMENTATION = {
+    name: {"prob": 0.0}
+    for name in ("rotate90", "affine", "elastic", "blur", "brightness", "contrast", "low_resolution")
+}
 
 
 def tiny_config(root: Path, epochs: int = 4):
-    return config_from_dict({
-        "data": {"root": str(root), "channels": ["MRI"], "labels": {0: "background", 1: "outer", 2: "inner"},
-                 "num_folds": 2, "num_workers": 0, "cache": "memory"},
-        "network": {"options": {"features": [4, 8]}},
-        "sampling": {"patch_size": [16, 16, 16], "batch_size": 2, "foreground_ratio": 0.5},
-        "augmentation": {**NO_AUGMENTATION, **AUGMENTED},
-        "loss": {"deep_supervision": False},
-        "optimizer": {"name": "adam", "lr": 0.01},
-        "training": {"epochs": epochs, "iterations_per_epoch": 2, "deterministic": True, "device": "cpu"},
-    })
+    return config_from_dict(
+        {
+            "data": {
+                "root": str(root),
+                "channels": ["MRI"],
+                "labels": {0: "background", 1: "outer", 2: "inner"},
+                "num_folds": 2,
+                "num_workers": 0,
+                "cache": "memory",
+            },
+            "network": {"options": {"features": [4, 8]}},
+            "sampling": {"patch_size": [16, 16, 16], "batch_size": 2, "foreground_ratio": 0.5},
+            "augmentation": {**NO_AUGMENTATION, **AUGMENTED},
+            "loss": {"deep_supervision": False},
+            "optimizer": {"name": "adam", "lr": 0.01},
+            "training": {"epochs": epochs, "iterations_per_epoch": 2, "deterministic": True, "device": "cpu"},
+        }
+    )
 
 
 def volseg(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "volseg", *args, "--quiet"], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "volseg", *args, "--quiet"],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 #: ``volseg`` whose checkpoint writes take 0.2 s longer (a sleep before the fsync of the
@@ -79,8 +94,13 @@ sys.exit(main(sys.argv[1:]))
 
 
 def volseg_slow_writes(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", SLOW_WRITES, *args, "--quiet"], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITES, *args, "--quiet"],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen, timeout: float = 120) -> None:
@@ -152,8 +172,7 @@ def test_train_killed_at_random_points_resumes_to_the_same_weights(tmp_path, mak
     began, delay = time.monotonic(), rng.uniform(0.3, 2.5)
     kill("random, early", start(), lambda: time.monotonic() - began > delay)
     # 3. Killed in the middle of writing a checkpoint (its temporary file exists).
-    kill("checkpoint write", start(),
-         lambda: any(name.endswith(("-last.pt", "-best.pt")) for name in temporaries(run)))
+    kill("checkpoint write", start(), lambda: any(name.endswith(("-last.pt", "-best.pt")) for name in temporaries(run)))
     # 4. Killed at a random moment after a checkpoint exists.
     after, seen = rng.uniform(0.0, 0.8), []
 
@@ -174,8 +193,9 @@ def test_train_killed_at_random_points_resumes_to_the_same_weights(tmp_path, mak
     assert same_weights(run / "best.pt", reference / "best.pt")
     assert load_checkpoint(run / "last.pt")["training"]["epoch"] == 3
     columns = ("epoch", "train_loss", "lr", "val_dice_mean")
-    assert [[row[c] for c in columns] for row in read_csv(run / "metrics.csv")] == \
-        [[row[c] for c in columns] for row in read_csv(reference / "metrics.csv")]
+    assert [[row[c] for c in columns] for row in read_csv(run / "metrics.csv")] == [
+        [row[c] for c in columns] for row in read_csv(reference / "metrics.csv")
+    ]
     assert temporaries(run) == [], "the resumed run removes the temporary files a kill left"
 
 
@@ -226,12 +246,14 @@ def test_a_kill_between_the_best_and_last_checkpoint_writes_is_repaired_by_resum
 def tiny_checkpoint(path: Path) -> Path:
     torch.manual_seed(0)
     network = create_model("unet", 3, 1, 3, features=[4, 8])
-    config = config_from_dict({
-        "data": {"labels": {0: "background", 1: "outer", 2: "inner"}, "channels": ["image"]},
-        "network": {"options": {"features": [4, 8]}},
-        "sampling": {"patch_size": [16, 16, 16]},
-        "inference": {"overlap": 0.5, "sw_batch_size": 1},
-    })
+    config = config_from_dict(
+        {
+            "data": {"labels": {0: "background", 1: "outer", 2: "inner"}, "channels": ["image"]},
+            "network": {"options": {"features": [4, 8]}},
+            "sampling": {"patch_size": [16, 16, 16]},
+            "inference": {"overlap": 0.5, "sw_batch_size": 1},
+        }
+    )
     return save_checkpoint(build_checkpoint(network, config), path)
 
 
@@ -246,8 +268,19 @@ def test_predict_killed_while_writing_a_folder_is_finished_by_rerunning(tmp_path
         affine = np.diag([0.9, 1.1, 1.5 + 0.1 * i, 1.0])
         shape = (40 + i, 36, 28)
         nib.save(nib.Nifti1Image(rng.normal(size=shape).astype(np.float32), affine), str(inputs / f"{name}.nii.gz"))
-    args = ("predict", "-m", str(model), "-i", str(inputs), "-o", str(out), "--device", "cpu",
-            "--save-probabilities", "--stats")
+    args = (
+        "predict",
+        "-m",
+        str(model),
+        "-i",
+        str(inputs),
+        "-o",
+        str(out),
+        "--device",
+        "cpu",
+        "--save-probabilities",
+        "--stats",
+    )
 
     def labels_done() -> list[str]:
         return sorted(p.name for p in out.glob("case_*.nii.gz") if "_probabilities" not in p.name)
@@ -264,8 +297,9 @@ def test_predict_killed_while_writing_a_folder_is_finished_by_rerunning(tmp_path
     # A stale temporary file of an unfinished case, as a kill at another moment leaves it.
     stale = out / ".tmp-0123456789ab-case_7.nii.gz"
     stale.write_bytes(b"\x1f\x8b half a file")
-    rerun = subprocess.run([sys.executable, "-m", "volseg", *args, "--quiet"], env=ENV, capture_output=True,
-                           text=True, timeout=120)
+    rerun = subprocess.run(
+        [sys.executable, "-m", "volseg", *args, "--quiet"], env=ENV, capture_output=True, text=True, timeout=120
+    )
     assert rerun.returncode == 0, rerun.stderr
     skipped = sorted(line.split(":")[0] + ".nii.gz" for line in rerun.stdout.splitlines() if "skipped" in line)
     assert skipped == done

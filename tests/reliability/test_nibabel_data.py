@@ -13,8 +13,13 @@ from volseg.cli import main
 from volseg.io import read_volume
 
 ROOT = Path(nib.__file__).parent
-FILES = sorted(p for folder in (ROOT / "tests" / "data", ROOT / "nicom" / "tests" / "data") if folder.is_dir()
-               for p in folder.iterdir() if p.is_file())
+FILES = sorted(
+    p
+    for folder in (ROOT / "tests" / "data", ROOT / "nicom" / "tests" / "data")
+    if folder.is_dir()
+    for p in folder.iterdir()
+    if p.is_file()
+)
 MAX_MB = 4  # bigger files would make this test slow; none of nibabel's is
 
 
@@ -24,8 +29,22 @@ def test_nibabel_test_file_predicts_or_fails_cleanly(path, tmp_path, capsys):
     if path.stat().st_size > MAX_MB * 1024**2:
         pytest.skip(f"over {MAX_MB} MB")
     out = tmp_path / "out"
-    code = main(["predict", "-m", "hippocampus", "-i", str(path), "-o", str(out), "--device", "cpu",
-                 "--overlap", "0", "--quiet"])
+    code = main(
+        [
+            "predict",
+            "-m",
+            "hippocampus",
+            "-i",
+            str(path),
+            "-o",
+            str(out),
+            "--device",
+            "cpu",
+            "--overlap",
+            "0",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert code in (0, 2), err

@@ -103,8 +103,9 @@ class RandElastic2Dd(RandomizableTransform, MapTransform):
         return d
 
 
-def patch_sampler(sampling: SamplingConfig, roi: Sequence[int], num_classes: int, *,
-                  keys: Sequence[str] = ("image", "label")) -> Transform:
+def patch_sampler(
+    sampling: SamplingConfig, roi: Sequence[int], num_classes: int, *, keys: Sequence[str] = ("image", "label")
+) -> Transform:
     """One patch of size ``roi`` from image and label (``keys``, label last; class indices ``0..num_classes-1``).
 
     With ``foreground_ratio`` r: pos/neg crop (centre on a foreground voxel with probability r, else on a
@@ -117,16 +118,19 @@ def patch_sampler(sampling: SamplingConfig, roi: Sequence[int], num_classes: int
     if sampling.class_balanced:
         # 1e-6 keeps a case without any foreground samplable when foreground_ratio == 1.
         ratios = [max(1.0 - ratio, 1e-6)] + [ratio / (num_classes - 1)] * (num_classes - 1)
-        return RandCropByLabelClassesd(keys, label_key=label, spatial_size=roi, ratios=ratios,
-                                       num_classes=num_classes, num_samples=1, warn=False)
+        return RandCropByLabelClassesd(
+            keys, label_key=label, spatial_size=roi, ratios=ratios, num_classes=num_classes, num_samples=1, warn=False
+        )
     return RandCropByPosNegLabeld(keys, label_key=label, spatial_size=roi, pos=ratio, neg=1.0 - ratio, num_samples=1)
 
 
 def _check_axes(axes: Sequence[int], spatial_dims: int, key: str) -> list[int]:
     bad = [a for a in axes if not 0 <= a < spatial_dims]
     if bad:
-        raise ConfigError(f"{key}={list(axes)} is not valid for {spatial_dims}D patches; allowed axes: "
-                          f"{', '.join(str(a) for a in range(spatial_dims))}")
+        raise ConfigError(
+            f"{key}={list(axes)} is not valid for {spatial_dims}D patches; allowed axes: "
+            f"{', '.join(str(a) for a in range(spatial_dims))}"
+        )
     return list(axes)
 
 
@@ -167,18 +171,33 @@ def augmentation_transforms(
         low, high = _range(aug.affine.scale, "augmentation.affine.scale")
         if low <= 0:
             raise ConfigError(f"augmentation.affine.scale={aug.affine.scale} is not valid; zoom factors must be > 0")
-        steps.append(RandAffined(
-            keys, prob=aug.affine.prob, spatial_size=patch, cache_grid=True,
-            rotate_range=[(-angle, angle)] * (3 if spatial_dims == 3 else 1),
-            scale_range=[(low - 1.0, high - 1.0)] * spatial_dims,  # MONAI adds 1 to the sampled value
-            mode=modes, padding_mode="zeros",
-        ))
+        steps.append(
+            RandAffined(
+                keys,
+                prob=aug.affine.prob,
+                spatial_size=patch,
+                cache_grid=True,
+                rotate_range=[(-angle, angle)] * (3 if spatial_dims == 3 else 1),
+                scale_range=[(low - 1.0, high - 1.0)] * spatial_dims,  # MONAI adds 1 to the sampled value
+                mode=modes,
+                padding_mode="zeros",
+            )
+        )
     if aug.elastic.prob > 0:
         sigma = _range(aug.elastic.sigma, "augmentation.elastic.sigma")
         magnitude = _range(aug.elastic.magnitude, "augmentation.elastic.magnitude")
         if spatial_dims == 3:
-            steps.append(Rand3DElasticd(keys, sigma_range=sigma, magnitude_range=magnitude, prob=aug.elastic.prob,
-                                        spatial_size=patch, mode=modes, padding_mode="zeros"))
+            steps.append(
+                Rand3DElasticd(
+                    keys,
+                    sigma_range=sigma,
+                    magnitude_range=magnitude,
+                    prob=aug.elastic.prob,
+                    spatial_size=patch,
+                    mode=modes,
+                    padding_mode="zeros",
+                )
+            )
         else:
             steps.append(RandElastic2Dd(keys, sigma, magnitude, prob=aug.elastic.prob, mode=modes))
     if aug.rotate90.prob > 0:
@@ -186,8 +205,10 @@ def augmentation_transforms(
         if len(axes) != 2 or axes[0] == axes[1]:
             raise ConfigError(f"augmentation.rotate90.axes={axes} is not valid; give two different axes (a plane)")
         if patch[axes[0]] != patch[axes[1]]:
-            raise ConfigError(f"augmentation.rotate90.axes={axes} needs equal patch sizes on both axes "
-                              f"(sampling.patch_size={patch}); a 90-degree turn would change the patch shape")
+            raise ConfigError(
+                f"augmentation.rotate90.axes={axes} needs equal patch sizes on both axes "
+                f"(sampling.patch_size={patch}); a 90-degree turn would change the patch shape"
+            )
         steps.append(RandRotate90d(keys, prob=aug.rotate90.prob, max_k=3, spatial_axes=(axes[0], axes[1])))
     if aug.flip.prob > 0:
         axes = [a for a in aug.flip.axes if spatial_dims == 3 or a != 2]
@@ -204,17 +225,31 @@ def augmentation_transforms(
         steps.append(RandScaleIntensityd(image_key, factors=(low - 1.0, high - 1.0), prob=aug.brightness.prob))
     if aug.contrast.prob > 0:
         low, high = _range(aug.contrast.range, "augmentation.contrast.range")
-        steps.append(RandScaleIntensityFixedMeand(image_key, factors=(low - 1.0, high - 1.0), fixed_mean=True,
-                                                  preserve_range=True, channel_wise=True, prob=aug.contrast.prob))
+        steps.append(
+            RandScaleIntensityFixedMeand(
+                image_key,
+                factors=(low - 1.0, high - 1.0),
+                fixed_mean=True,
+                preserve_range=True,
+                channel_wise=True,
+                prob=aug.contrast.prob,
+            )
+        )
     if aug.low_resolution.prob > 0:
         low, high = _range(aug.low_resolution.range, "augmentation.low_resolution.range")
         if low <= 0 or high > 1:
-            raise ConfigError(f"augmentation.low_resolution.range={[low, high]} is not valid; "
-                              "allowed: 0 < low <= high <= 1")
-        steps.append(RandSimulateLowResolutiond(
-            image_key, prob=aug.low_resolution.prob, zoom_range=(low, high), downsample_mode="nearest",
-            upsample_mode="trilinear" if spatial_dims == 3 else "bilinear",
-        ))
+            raise ConfigError(
+                f"augmentation.low_resolution.range={[low, high]} is not valid; allowed: 0 < low <= high <= 1"
+            )
+        steps.append(
+            RandSimulateLowResolutiond(
+                image_key,
+                prob=aug.low_resolution.prob,
+                zoom_range=(low, high),
+                downsample_mode="nearest",
+                upsample_mode="trilinear" if spatial_dims == 3 else "bilinear",
+            )
+        )
     if aug.gamma.prob > 0:
         low, high = _range(aug.gamma.range, "augmentation.gamma.range")
         if low <= 0:

@@ -95,8 +95,9 @@ class Dataset:
         """The labelled or unlabelled case called ``case_id``."""
         everything = {c.case_id: c for c in (*self.cases, *self.test_cases)}
         if case_id not in everything:
-            raise ConfigError(f"no case {case_id!r} in {self.root}{closest_hint(case_id, everything)}; "
-                              f"it has {len(everything)} cases")
+            raise ConfigError(
+                f"no case {case_id!r} in {self.root}{closest_hint(case_id, everything)}; it has {len(everything)} cases"
+            )
         return everything[case_id]
 
 
@@ -123,7 +124,7 @@ def _not_layout(root: Path, layout: str, reason: str) -> InputFileError:
 
 
 def _modality(names: Iterable[str]) -> str | None:
-    """"CT", "MRI", the one name all channels share, or None."""
+    """ "CT", "MRI", the one name all channels share, or None."""
     values = {str(n).strip() for n in names}
     upper = {v.upper() for v in values}
     if upper == {"CT"} or all(u in _MRI_NAMES or u[:2] in ("T1", "T2") for u in upper):
@@ -154,15 +155,17 @@ def _indexed(meta: dict[str, Any], key: str, root: Path) -> list[str]:
     except (AttributeError, KeyError, TypeError, ValueError):
         items = []
     if not items or [i for i, _ in items] != list(range(len(items))):
-        raise InputFileError(f"{root / 'dataset.json'}: {key!r} must map indices 0, 1, ... to names; "
-                             f"got {meta.get(key)!r}")
+        raise InputFileError(
+            f"{root / 'dataset.json'}: {key!r} must map indices 0, 1, ... to names; got {meta.get(key)!r}"
+        )
     return [v for _, v in items]
 
 
 def _finish(root: Path, layout: str, cases: list[Case], tests: list[Case], problems: _Problems, **info: Any) -> Dataset:
     """Check ids and emptiness, raise the collected problems, build the Dataset."""
-    problems += [(cid, f"case id found {n} times") for cid, n in Counter(c.case_id for c in (*cases, *tests)).items()
-                 if n > 1]
+    problems += [
+        (cid, f"case id found {n} times") for cid, n in Counter(c.case_id for c in (*cases, *tests)).items() if n > 1
+    ]
     if problems:
         shown = "; ".join(f"{cid}: {' '.join(msg.split())}" for cid, msg in problems[:MAX_LISTED])
         more = f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
@@ -179,8 +182,9 @@ def _finish(root: Path, layout: str, cases: list[Case], tests: list[Case], probl
     return Dataset(root, layout, sorted(cases, key=by_id), sorted(tests, key=by_id), **info)
 
 
-def _group_channels(items: list[tuple[str, Path]], n: int | None, where: str,
-                    problems: _Problems) -> tuple[dict[str, tuple[Path, ...]], int]:
+def _group_channels(
+    items: list[tuple[str, Path]], n: int | None, where: str, problems: _Problems
+) -> tuple[dict[str, tuple[Path, ...]], int]:
     """Group ``<case>_<XXXX>`` files into cases of ``n`` channels (None: as many as the most seen)."""
     groups: dict[str, dict[int, Path]] = defaultdict(dict)
     for stem, path in items:
@@ -203,8 +207,9 @@ def _find_msd(root: Path) -> Dataset:
     try:
         label_names = {int(k): str(v) for k, v in meta.get("labels", {"0": "background"}).items()}
     except (AttributeError, TypeError, ValueError):
-        raise InputFileError(f"{root / 'dataset.json'}: 'labels' must map values to names; "
-                             f"got {meta.get('labels')!r}") from None
+        raise InputFileError(
+            f"{root / 'dataset.json'}: 'labels' must map values to names; got {meta.get('labels')!r}"
+        ) from None
     problems: _Problems = []
     cases = _msd_entries(root, meta["training"], len(channels), problems, labelled=True)
     tests = _msd_entries(root, meta.get("test") or [], len(channels), problems, labelled=False)
@@ -212,8 +217,16 @@ def _find_msd(root: Path) -> Dataset:
     for stem, label in _volumes(root / "labelsTr"):
         if label not in listed and not (root / "imagesTr" / label.name).is_file():
             problems.append((stem, f"label labelsTr/{label.name} has no image imagesTr/{label.name}"))
-    return _finish(root, "msd", cases, tests, problems, channel_names=channels,
-                   label_names=dict(sorted(label_names.items())), modality=_modality(channels))
+    return _finish(
+        root,
+        "msd",
+        cases,
+        tests,
+        problems,
+        channel_names=channels,
+        label_names=dict(sorted(label_names.items())),
+        modality=_modality(channels),
+    )
 
 
 def _msd_entries(root: Path, entries: Any, n: int, problems: _Problems, *, labelled: bool) -> list[Case]:
@@ -227,8 +240,9 @@ def _msd_entries(root: Path, entries: Any, n: int, problems: _Problems, *, label
             continue
         paths = tuple(root / p for p in images)
         case_id = (split_volume_name(paths[0].name) or (paths[0].name,))[0]
-        problems += [(case_id, f"image {p} listed in dataset.json does not exist") for p in images
-                     if not (root / p).is_file()]
+        problems += [
+            (case_id, f"image {p} listed in dataset.json does not exist") for p in images if not (root / p).is_file()
+        ]
         if len(paths) > 1 and len(paths) != n:
             problems.append((case_id, f"{len(paths)} image files listed for {n} channels"))
         label = entry.get("label") if isinstance(entry, dict) else None
@@ -261,17 +275,29 @@ def _find_nnunet(root: Path) -> Dataset:
     problems += [(cid, f"label labelsTr/{cid}{ending} has no image imagesTr/{cid}_0000{ending}") for cid in labels]
     tests = [Case(c, i) for c, i in _nnunet_images(root / "imagesTs", ending, len(channels), problems).items()]
     if isinstance(meta.get("numTraining"), int) and meta["numTraining"] != len(cases):
-        logger.warning("%s: dataset.json says numTraining=%d, imagesTr holds %d cases", root, meta["numTraining"],
-                       len(cases))
-    return _finish(root, "nnunet", cases, tests, problems, channel_names=channels, label_names=label_names,
-                   modality=_modality(channels), file_ending=ending, regions=regions)
+        logger.warning(
+            "%s: dataset.json says numTraining=%d, imagesTr holds %d cases", root, meta["numTraining"], len(cases)
+        )
+    return _finish(
+        root,
+        "nnunet",
+        cases,
+        tests,
+        problems,
+        channel_names=channels,
+        label_names=label_names,
+        modality=_modality(channels),
+        file_ending=ending,
+        regions=regions,
+    )
 
 
 def _nnunet_labels(labels: Any, root: Path) -> tuple[dict[int, str], dict[str, tuple[int, ...]]]:
     """``{name: value}`` -> (value -> name for integer labels, name -> values for region labels)."""
     if not isinstance(labels, dict) or not labels:
-        raise InputFileError(f"{root / 'dataset.json'}: 'labels' must map names to values like "
-                             f'{{"background": 0}}; got {labels!r}')
+        raise InputFileError(
+            f"{root / 'dataset.json'}: 'labels' must map names to values like {{\"background\": 0}}; got {labels!r}"
+        )
     names: dict[int, str] = {}
     regions: dict[str, tuple[int, ...]] = {}
     for name, value in labels.items():
@@ -281,15 +307,19 @@ def _nnunet_labels(labels: Any, root: Path) -> tuple[dict[int, str], dict[str, t
             else:
                 names[int(value)] = str(name)
         except (TypeError, ValueError):
-            raise InputFileError(f"{root / 'dataset.json'}: label {name!r} has value {value!r}, "
-                                 "not an integer or a list of integers") from None
+            raise InputFileError(
+                f"{root / 'dataset.json'}: label {name!r} has value {value!r}, not an integer or a list of integers"
+            ) from None
     return dict(sorted({0: "background", **names}.items())), regions
 
 
 def _nnunet_images(folder: Path, ending: str, n: int, problems: _Problems) -> dict[str, tuple[Path, ...]]:
     items = [(p.name[: -len(ending)], p) for p in _visible(folder) if p.name.endswith(ending) and p.is_file()]
-    problems += [(s, f"{folder.name}/{p.name} is not named <case>_<XXXX>{ending}") for s, p in items
-                 if not _CHANNEL_SUFFIX.match(s)]
+    problems += [
+        (s, f"{folder.name}/{p.name} is not named <case>_<XXXX>{ending}")
+        for s, p in items
+        if not _CHANNEL_SUFFIX.match(s)
+    ]
     return _group_channels([(s, p) for s, p in items if _CHANNEL_SUFFIX.match(s)], n, folder.name, problems)[0]
 
 
@@ -318,27 +348,41 @@ def _find_brats(root: Path, layout: str) -> Dataset:
     if not users[layout]:
         raise _not_layout(root, layout, f"no case folders holding {_BRATS_EXAMPLE[layout]}")
     other = "brats2023" if layout == "brats2021" else "brats2021"
-    problems: _Problems = [(cid, f"uses {other} file names ({_BRATS_EXAMPLE[other]}) while {len(users[layout])} "
-                                 f"folder(s) use {layout} names; mixed conventions") for cid in users[other]]
+    problems: _Problems = [
+        (
+            cid,
+            f"uses {other} file names ({_BRATS_EXAMPLE[other]}) while {len(users[layout])} "
+            f"folder(s) use {layout} names; mixed conventions",
+        )
+        for cid in users[other]
+    ]
     channels = BRATS2021_CHANNELS if layout == "brats2021" else BRATS2023_CHANNELS
     cases, tests = [], []
     for folder, found in sorted(folders.items()):
         files: dict[str, list[Path]] = defaultdict(list)
         for kind, path in found.get(layout, []):
             files[kind].append(path)
-        problems += [(folder.name, f"{len(ps)} {kind} files: {', '.join(p.name for p in ps)}")
-                     for kind, ps in files.items() if len(ps) > 1]
+        problems += [
+            (folder.name, f"{len(ps)} {kind} files: {', '.join(p.name for p in ps)}")
+            for kind, ps in files.items()
+            if len(ps) > 1
+        ]
         if files and (missing := [kind for kind in channels if kind not in files]):
             problems.append((folder.name, f"missing channel file(s) {', '.join(missing)} in {folder}"))
         if files:
             images = tuple(files[k][0] for k in channels if k in files)
             (cases if "seg" in files else tests).append(Case(folder.name, images, (files.get("seg") or [None])[0]))
     if cases and tests:
-        logger.warning("%s: %d case folder(s) have no seg file and are unlabelled: %s", root, len(tests),
-                       ", ".join(c.case_id for c in tests[:MAX_LISTED]))
+        logger.warning(
+            "%s: %d case folder(s) have no seg file and are unlabelled: %s",
+            root,
+            len(tests),
+            ", ".join(c.case_id for c in tests[:MAX_LISTED]),
+        )
     labels = BRATS2021_LABELS if layout == "brats2021" else BRATS2023_LABELS
-    return _finish(root, layout, cases, tests, problems, channel_names=list(channels), label_names=dict(labels),
-                   modality="MRI")
+    return _finish(
+        root, layout, cases, tests, problems, channel_names=list(channels), label_names=dict(labels), modality="MRI"
+    )
 
 
 def _match_label(stem: str, ids: Iterable[str]) -> str | None:
@@ -349,8 +393,9 @@ def _match_label(stem: str, ids: Iterable[str]) -> str | None:
     return next((b for b in bases if b in ids), None)
 
 
-def _image_groups(folder: Path, label_stems: list[str], problems: _Problems, grouped: bool | None = None,
-                  n: int | None = None) -> tuple[dict[str, tuple[Path, ...]], bool, int | None]:
+def _image_groups(
+    folder: Path, label_stems: list[str], problems: _Problems, grouped: bool | None = None, n: int | None = None
+) -> tuple[dict[str, tuple[Path, ...]], bool, int | None]:
     """A plain folder's image cases; ``<case>_<XXXX>`` files are channels where the labels say so."""
     volumes = _volumes(folder)
     counts = Counter(s for s, _ in volumes)
@@ -362,8 +407,9 @@ def _image_groups(folder: Path, label_stems: list[str], problems: _Problems, gro
             bases = {_CHANNEL_SUFFIX.match(s)[1] for s in single}  # type: ignore[index]
             by_base = sum(_match_label(s, bases) is not None for s in label_stems)
             by_stem = sum(_match_label(s, single) is not None for s in label_stems)
-            grouped = by_base > by_stem or (not label_stems and len(bases) > 1
-                                            and all(f"{b}_0000" in single for b in bases))
+            grouped = by_base > by_stem or (
+                not label_stems and len(bases) > 1 and all(f"{b}_0000" in single for b in bases)
+            )
     if not grouped:
         return single, False, n
     groups, n = _group_channels(volumes, n, folder.name, problems)
@@ -400,15 +446,19 @@ def _detect(root: Path) -> str:
         meta = _dataset_json(root, "msd or nnunet")
         if "channel_names" in meta or "training" in meta or "modality" in meta:
             return "nnunet" if "channel_names" in meta else "msd"
-        raise InputFileError(f"{root / 'dataset.json'} has neither 'channel_names' (nnunet) nor 'training' (msd); "
-                             f"keys: {', '.join(meta)}")
+        raise InputFileError(
+            f"{root / 'dataset.json'} has neither 'channel_names' (nnunet) nor 'training' (msd); "
+            f"keys: {', '.join(meta)}"
+        )
     if any((root / images).is_dir() for images, _ in _FOLDER_PAIRS):
         return "folder"
     if conventions := Counter(c for found in _brats_folders(root).values() for c in found):
         return conventions.most_common(1)[0][0]  # the minority is reported as mixed conventions
-    raise InputFileError(f"cannot tell the layout of {root}: looked for dataset.json (msd, nnunet), images/ or "
-                         f"imagesTr/ (folder) and case folders of BraTS files (brats2021, brats2023); "
-                         f"found {_describe(root)}")
+    raise InputFileError(
+        f"cannot tell the layout of {root}: looked for dataset.json (msd, nnunet), images/ or "
+        f"imagesTr/ (folder) and case folders of BraTS files (brats2021, brats2023); "
+        f"found {_describe(root)}"
+    )
 
 
 def find_cases(root: str | os.PathLike[str], *, layout: str = "auto") -> Dataset:

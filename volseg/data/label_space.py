@@ -54,8 +54,9 @@ def class_indices_to_labels(array: np.ndarray, labels: Mapping[int, str] | Seque
     array = np.asarray(array)
     if array.size and (not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() >= len(values)):
         found = f"values {array.min()}..{array.max()} ({array.dtype})"
-        raise ShapeError(f"class indices must be integers 0..{len(values) - 1} for labels {_format(values)}; "
-                         f"got {found}")
+        raise ShapeError(
+            f"class indices must be integers 0..{len(values) - 1} for labels {_format(values)}; got {found}"
+        )
     return np.asarray(values, dtype=_compact_dtype(values))[array]
 
 
@@ -70,8 +71,9 @@ def class_indices(raw: torch.Tensor, values: Sequence[float], where: str = "") -
     unknown = table[index] != raw
     if bool(unknown.any()):
         bad = torch.unique(raw[unknown]).tolist()
-        raise InputFileError(f"{where}label values {_format(bad[:10])} are not in data.labels "
-                             f"(allowed: {_format(values)})")
+        raise InputFileError(
+            f"{where}label values {_format(bad[:10])} are not in data.labels (allowed: {_format(values)})"
+        )
     return index.to(torch.uint8 if len(values) <= 256 else torch.int32)
 
 
@@ -79,8 +81,9 @@ def region_masks(raw: torch.Tensor, regions: Mapping[str, Sequence[int]]) -> tor
     """Label values ``(*S)`` -> region masks ``(R, *S)`` uint8 (channel r: value in region r)."""
     raw = torch.as_tensor(raw)
     if raw.is_floating_point() or raw.numel() == 0 or int(raw.min()) < 0:
-        return torch.stack([torch.isin(raw, torch.tensor(list(v), dtype=raw.dtype, device=raw.device))
-                            for v in regions.values()]).to(torch.uint8)
+        return torch.stack(
+            [torch.isin(raw, torch.tensor(list(v), dtype=raw.dtype, device=raw.device)) for v in regions.values()]
+        ).to(torch.uint8)
     # class indices / non-negative values: one table lookup, several times faster than torch.isin on CPU
     top = max([int(raw.max())] + [int(v) for values in regions.values() for v in values])
     table = torch.zeros((len(regions), top + 1), dtype=torch.uint8, device=raw.device)
@@ -117,8 +120,9 @@ def _region_table(regions: Mapping[str, Sequence[int]], background: int) -> np.n
     return table
 
 
-def regions_to_labels(binary_regions: np.ndarray, regions: Mapping[str, Sequence[int]], *,
-                      background: int = 0) -> np.ndarray:
+def regions_to_labels(
+    binary_regions: np.ndarray, regions: Mapping[str, Sequence[int]], *, background: int = 0
+) -> np.ndarray:
     """Region masks ``(R, *S)`` (bool, 0/1 or probabilities, > 0.5 is in) -> label values ``(*S)``.
 
     Each voxel gets the label whose region-membership pattern it has; a pattern no label has
@@ -127,8 +131,9 @@ def regions_to_labels(binary_regions: np.ndarray, regions: Mapping[str, Sequence
     """
     masks = np.asarray(binary_regions)
     if masks.ndim < 2 or masks.shape[0] != len(regions):
-        raise ShapeError(f"region masks need shape (R, *S) with R = {len(regions)} ({', '.join(regions)}), "
-                         f"got {masks.shape}")
+        raise ShapeError(
+            f"region masks need shape (R, *S) with R = {len(regions)} ({', '.join(regions)}), got {masks.shape}"
+        )
     masks = masks if masks.dtype == bool else masks > 0.5
     table = _region_table(regions, background)
     code = np.zeros(masks.shape[1:], dtype=np.int32)
@@ -137,8 +142,9 @@ def regions_to_labels(binary_regions: np.ndarray, regions: Mapping[str, Sequence
     return table[code]
 
 
-def label_spec(labels: Mapping[int, str] | None, regions: Mapping[str, Sequence[int]] | None
-                ) -> tuple[list[int] | None, dict[str, list[int]] | None]:
+def label_spec(
+    labels: Mapping[int, str] | None, regions: Mapping[str, Sequence[int]] | None
+) -> tuple[list[int] | None, dict[str, list[int]] | None]:
     """Sorted raw label values (None: keep raw values) and the regions as class indices."""
     if labels is not None and not labels:
         raise ConfigError("data.labels is empty; give label value -> name, e.g. {0: background, 1: tumour}")
@@ -151,10 +157,17 @@ def label_spec(labels: Mapping[int, str] | None, regions: Mapping[str, Sequence[
     for name, members in regions.items():
         missing = [v for v in members if v not in values]
         if not members or 0 in members or missing:
-            problem = "is empty" if not members else "contains 0 (background)" if 0 in members else \
-                f"has values {_format(missing)} that data.labels does not list"
-            raise ConfigError(f"data.regions[{name!r}]={list(members)} {problem}; allowed values: "
-                              f"{_format(v for v in values if v != 0)}")
+            problem = (
+                "is empty"
+                if not members
+                else "contains 0 (background)"
+                if 0 in members
+                else f"has values {_format(missing)} that data.labels does not list"
+            )
+            raise ConfigError(
+                f"data.regions[{name!r}]={list(members)} {problem}; allowed values: "
+                f"{_format(v for v in values if v != 0)}"
+            )
     index = {v: i for i, v in enumerate(values)}
     return values, {str(name): [index[int(v)] for v in members] for name, members in regions.items()}
 
@@ -165,8 +178,9 @@ def brats_regions(label_values: Iterable[int]) -> dict[str, list[int]]:
     else (neither, ambiguous) 2021."""
     values = {int(v) for v in label_values}
     if 3 in values and 4 in values:
-        logger.warning("label values %s hold both 3 and 4; using the BraTS 2021 regions "
-                       "(enhancing tumour = 4)", sorted(values))
+        logger.warning(
+            "label values %s hold both 3 and 4; using the BraTS 2021 regions (enhancing tumour = 4)", sorted(values)
+        )
     chosen = BRATS_REGIONS_2023 if 3 in values and 4 not in values else BRATS_REGIONS_2021
     return {name: list(vals) for name, vals in chosen.items()}
 
@@ -204,9 +218,12 @@ class LabelSpace:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (string keys) for a checkpoint or JSON; :meth:`from_dict` reads it back."""
-        return {"labels": {str(v): n for v, n in self.labels.items()},
-                "regions": {k: list(v) for k, v in self.regions.items()} if self.regions else None,
-                "activation": self.activation, "num_outputs": self.num_outputs}
+        return {
+            "labels": {str(v): n for v, n in self.labels.items()},
+            "regions": {k: list(v) for k, v in self.regions.items()} if self.regions else None,
+            "activation": self.activation,
+            "num_outputs": self.num_outputs,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LabelSpace:

@@ -21,8 +21,17 @@ from volseg.data.label_space import (
 )
 from volseg.errors import ShapeError
 
-__all__ = ["IMAGE", "LABEL", "LabelsToRegionsd", "MapLabelsd", "case_name", "class_indices_to_labels",
-           "label_spec", "labels_to_regions", "regions_to_labels"]
+__all__ = [
+    "IMAGE",
+    "LABEL",
+    "LabelsToRegionsd",
+    "MapLabelsd",
+    "case_name",
+    "class_indices_to_labels",
+    "label_spec",
+    "labels_to_regions",
+    "regions_to_labels",
+]
 
 IMAGE, LABEL = "image", "label"
 
@@ -48,8 +57,11 @@ class MapLabelsd(MapTransform):
             label = torch.as_tensor(d[key])
             raw = label.as_tensor() if isinstance(label, MetaTensor) else label
             out = class_indices(raw, self.values, f"case {case_name(d)}: ")
-            d[key] = MetaTensor(out, meta=label.meta, applied_operations=label.applied_operations) \
-                if isinstance(label, MetaTensor) else out
+            d[key] = (
+                MetaTensor(out, meta=label.meta, applied_operations=label.applied_operations)
+                if isinstance(label, MetaTensor)
+                else out
+            )
         return d
 
 
@@ -65,10 +77,14 @@ class LabelsToRegionsd(MapTransform):
         for key in self.key_iterator(d):
             label = d[key]
             if label.shape[0] != 1:
-                raise ShapeError(f"case {case_name(d)}: regions need a one-channel label, "
-                                 f"got shape {tuple(label.shape)}")
+                raise ShapeError(
+                    f"case {case_name(d)}: regions need a one-channel label, got shape {tuple(label.shape)}"
+                )
             raw = label.as_tensor() if isinstance(label, MetaTensor) else torch.as_tensor(label)
             out = region_masks(raw[0], self.regions)
-            d[key] = MetaTensor(out, meta=label.meta, applied_operations=label.applied_operations) \
-                if isinstance(label, MetaTensor) else out
+            d[key] = (
+                MetaTensor(out, meta=label.meta, applied_operations=label.applied_operations)
+                if isinstance(label, MetaTensor)
+                else out
+            )
         return d

@@ -93,8 +93,9 @@ class SeededSamples(torch.utils.data.Dataset):
             np.random.set_state(numpy_state)
 
 
-def training_loader(dataset: Sized, *, batch_size: int, steps: int, num_workers: int, seed: int, rank: int = 0,
-                    pin_memory: bool = False) -> DataLoader:
+def training_loader(
+    dataset: Sized, *, batch_size: int, steps: int, num_workers: int, seed: int, rank: int = 0, pin_memory: bool = False
+) -> DataLoader:
     """The run's loader over ``dataset`` (a MONAI dataset with a ``transform``): ``steps`` batches of
     ``batch_size`` patches per epoch; set the epoch with ``loader.sampler.set_epoch(epoch)`` before
     ``iter(loader)``. With workers, they are started on the first ``iter`` and kept for the run."""

@@ -200,8 +200,11 @@ def plan_config(
         },
         "sampling": {"patch_size": patch, "batch_size": batch},
         "training": {"precision": "auto", "device": "auto"},
-        "inference": {"roi_size": patch, "tta_flips": list(range(spatial_dims)) if device == "cuda" else [],
-                      "mask_nonzero": not ct},
+        "inference": {
+            "roi_size": patch,
+            "tta_flips": list(range(spatial_dims)) if device == "cuda" else [],
+            "mask_nonzero": not ct,
+        },
     }
     config = config_from_dict(values)
     _check_network(config, len(fingerprint.channel_names), num_outputs)

@@ -41,8 +41,9 @@ def make_folds(case_ids: Iterable[str], k: int = 5, *, seed: int = 12345) -> lis
     """
     ids = _sorted_ids(case_ids)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 2 <= k <= len(ids):
-        raise ConfigError(f"cannot make k={k!r} folds of {len(ids)} cases; k must be an integer from 2 to the "
-                          "number of cases")
+        raise ConfigError(
+            f"cannot make k={k!r} folds of {len(ids)} cases; k must be an integer from 2 to the number of cases"
+        )
     order = np.random.default_rng(seed).permutation(len(ids))
     vals = [{ids[j] for j in order[i::k]} for i in range(k)]
     return [{"train": [c for c in ids if c not in val], "val": sorted(val)} for val in vals]
@@ -89,9 +90,10 @@ def _folds_problem(folds: Any) -> str | None:
         return 'expected a non-empty list of {"train": [ids], "val": [ids]} objects'
     val_fold: dict[str, int] = {}
     for i, fold in enumerate(folds):
-        if not isinstance(fold, dict) or not all(isinstance(fold.get(key), list) and fold[key]
-                                                 and all(isinstance(c, str) for c in fold[key])
-                                                 for key in ("train", "val")):
+        if not isinstance(fold, dict) or not all(
+            isinstance(fold.get(key), list) and fold[key] and all(isinstance(c, str) for c in fold[key])
+            for key in ("train", "val")
+        ):
             return f'fold {i} is not a {{"train": [ids], "val": [ids]}} object with non-empty lists of strings'
         if both := sorted(set(fold["train"]) & set(fold["val"])):
             return f"fold {i} has {len(both)} case(s) in both train and val, e.g. {both[0]!r}"

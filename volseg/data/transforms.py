@@ -52,13 +52,23 @@ from volseg.data.labels import (
     label_spec,
     regions_to_labels,
 )
+from volseg.data.weights import border_weight_map, instances_from_labels
 from volseg.errors import ConfigError, InputFileError, ShapeError, VolsegError
-from volseg.losses import border_weight_map, instances_from_labels
 
 __all__ = [
-    "LabelsToRegionsd", "LoadVolumed", "MapLabelsd", "Pipeline", "class_indices_to_labels", "inference_transforms",
-    "invert_to_input", "items_from_cases", "make_dataset", "preprocessing_transforms", "regions_to_labels",
-    "training_transforms", "validation_transforms",
+    "LabelsToRegionsd",
+    "LoadVolumed",
+    "MapLabelsd",
+    "Pipeline",
+    "class_indices_to_labels",
+    "inference_transforms",
+    "invert_to_input",
+    "items_from_cases",
+    "make_dataset",
+    "preprocessing_transforms",
+    "regions_to_labels",
+    "training_transforms",
+    "validation_transforms",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,8 +87,9 @@ class Pipeline(Compose):
 
     cache_key: str = ""
 
-    def __call__(self, input_: Any, start: int = 0, end: int | None = None, threading: bool = False,
-                 lazy: bool | None = None) -> Any:
+    def __call__(
+        self, input_: Any, start: int = 0, end: int | None = None, threading: bool = False, lazy: bool | None = None
+    ) -> Any:
         try:
             out = super().__call__(input_, start=start, end=end, threading=threading, lazy=lazy)
         except RuntimeError as error:
@@ -89,7 +100,6 @@ class Pipeline(Compose):
                 raise
             raise cause from None
         return out[0] if isinstance(out, list) and len(out) == 1 else out
-
 
 
 class LoadVolumed(MapTransform):
@@ -117,19 +127,30 @@ class LoadVolumed(MapTransform):
         first = volumes[0]
         for volume in volumes:
             if volume.spatial_dims != 3:
-                raise ShapeError(f"case {case}: {volume.path} is {volume.spatial_dims}D; volseg pipelines need 3D "
-                                 "volumes (2D networks take slices of them)")
+                raise ShapeError(
+                    f"case {case}: {volume.path} is {volume.spatial_dims}D; volseg pipelines need 3D "
+                    "volumes (2D networks take slices of them)"
+                )
             if volume is not first and not vio.same_grid(first, volume, atol=self.atol):
-                raise ShapeError(f"case {case}: channel files {first.path} and {volume.path} have different grids "
-                                 f"(shapes {first.spatial_shape} vs {volume.spatial_shape} or affines differ)")
+                raise ShapeError(
+                    f"case {case}: channel files {first.path} and {volume.path} have different grids "
+                    f"(shapes {first.spatial_shape} vs {volume.spatial_shape} or affines differ)"
+                )
         arrays = [v.channels_first() for v in volumes]  # float32
         for volume, array in zip(volumes, arrays):
             if not np.isfinite(array).all():  # finite in the file (float64, scaled) but not in float32
-                raise InputFileError(f"case {case}: {volume.path} has values beyond the float32 range "
-                                     f"(magnitude over {np.finfo(np.float32).max:.3g}); rescale the file")
+                raise InputFileError(
+                    f"case {case}: {volume.path} has values beyond the float32 range "
+                    f"(magnitude over {np.finfo(np.float32).max:.3g}); rescale the file"
+                )
         image = np.concatenate(arrays)
-        meta = {"affine": torch.as_tensor(first.affine, dtype=torch.float64), "original_affine": first.affine.copy(),
-                "spatial_shape": np.asarray(first.spatial_shape), "space": "RAS", "filename_or_obj": str(paths[0])}
+        meta = {
+            "affine": torch.as_tensor(first.affine, dtype=torch.float64),
+            "original_affine": first.affine.copy(),
+            "spatial_shape": np.asarray(first.spatial_shape),
+            "space": "RAS",
+            "filename_or_obj": str(paths[0]),
+        }
         d[IMAGE] = MetaTensor(torch.from_numpy(image), meta=meta)
         if LABEL in self.keys and d.get(LABEL) is not None:
             label = vio.read_volume(d[LABEL])
@@ -150,37 +171,48 @@ def _nonzero(image: torch.Tensor) -> torch.Tensor:
 def _check_preprocessing(pre: PreprocessingConfig) -> None:
     code = pre.orientation.upper()
     if len(code) != 3 or any(sum(c in pair for c in code) != 1 for pair in ("LR", "AP", "IS")):
-        raise ConfigError(f"preprocessing.orientation={pre.orientation!r} is not valid; give one letter of L/R, "
-                          "A/P and I/S each, e.g. 'RAS' or 'LPS'")
+        raise ConfigError(
+            f"preprocessing.orientation={pre.orientation!r} is not valid; give one letter of L/R, "
+            "A/P and I/S each, e.g. 'RAS' or 'LPS'"
+        )
     if pre.intensity == "ct":
         missing = [f"preprocessing.{k}" for k in ("clip", "mean", "std") if getattr(pre, k) is None]
         if missing:
-            raise ConfigError(f"preprocessing.intensity='ct' needs {', '.join(missing)} (dataset statistics; "
-                              "`volseg plan` writes them)")
+            raise ConfigError(
+                f"preprocessing.intensity='ct' needs {', '.join(missing)} (dataset statistics; "
+                "`volseg plan` writes them)"
+            )
         if len(pre.clip) != 2 or pre.clip[0] >= pre.clip[1] or pre.std <= 0:
-            raise ConfigError(f"preprocessing.clip={pre.clip} / std={pre.std} are not valid; "
-                              "give clip [low, high] with low < high and std > 0")
+            raise ConfigError(
+                f"preprocessing.clip={pre.clip} / std={pre.std} are not valid; "
+                "give clip [low, high] with low < high and std > 0"
+            )
     elif pre.intensity not in ("mri", "none"):
         raise ConfigError(f"preprocessing.intensity={pre.intensity!r} is not valid; allowed: 'mri', 'ct', 'none'")
 
 
-def _preprocessing_steps(pre: PreprocessingConfig, *, with_label: bool, values: list[int] | None,
-                         regions: dict[str, list[int]] | None) -> list[Transform]:
+def _preprocessing_steps(
+    pre: PreprocessingConfig, *, with_label: bool, values: list[int] | None, regions: dict[str, list[int]] | None
+) -> list[Transform]:
     _check_preprocessing(pre)
     keys = [IMAGE, LABEL] if with_label else [IMAGE]
     modes = ["bilinear", "nearest"][: len(keys)]
     steps: list[Transform] = [LoadVolumed(keys), Orientationd(keys, axcodes=pre.orientation.upper(), labels=None)]
     if pre.crop_foreground:  # before resampling: cheaper, and the crop is exact on the input grid
-        steps.append(CropForegroundd(keys, source_key=IMAGE, select_fn=_nonzero, allow_smaller=True,
-                                     start_coord_key=None, end_coord_key=None))
+        steps.append(
+            CropForegroundd(
+                keys, source_key=IMAGE, select_fn=_nonzero, allow_smaller=True, start_coord_key=None, end_coord_key=None
+            )
+        )
     if pre.spacing is not None:
         steps.append(Spacingd(keys, pixdim=[float(s) for s in pre.spacing], mode=modes, dtype=torch.float32))
     if pre.intensity == "mri":
         steps.append(NormalizeIntensityd(IMAGE, nonzero=True, channel_wise=True))
     elif pre.intensity == "ct":  # clip to [lo, hi], then (x - mean) / std: one linear map
         (lo, hi), mean, std = pre.clip, pre.mean, pre.std
-        steps.append(ScaleIntensityRanged(IMAGE, a_min=lo, a_max=hi, b_min=(lo - mean) / std,
-                                          b_max=(hi - mean) / std, clip=True))
+        steps.append(
+            ScaleIntensityRanged(IMAGE, a_min=lo, a_max=hi, b_min=(lo - mean) / std, b_max=(hi - mean) / std, clip=True)
+        )
     if with_label and values is not None:
         steps.append(MapLabelsd(LABEL, values))
     if with_label and regions is not None:
@@ -196,9 +228,13 @@ def _pipeline(steps: list[Transform], key_parts: dict[str, Any]) -> Pipeline:
     return pipeline
 
 
-def preprocessing_transforms(preprocessing: PreprocessingConfig, *, with_label: bool,
-                             regions: Mapping[str, Sequence[int]] | None = None,
-                             labels: Mapping[int, str] | None = None) -> Pipeline:
+def preprocessing_transforms(
+    preprocessing: PreprocessingConfig,
+    *,
+    with_label: bool,
+    regions: Mapping[str, Sequence[int]] | None = None,
+    labels: Mapping[int, str] | None = None,
+) -> Pipeline:
     """Read, reorient, crop to the non-zero box, resample, normalise; map labels (classes or regions).
 
     Output: ``image`` ``(C, *S)`` float32 MetaTensor; with ``with_label``, ``label`` ``(1, *S)`` uint8 class
@@ -207,14 +243,16 @@ def preprocessing_transforms(preprocessing: PreprocessingConfig, *, with_label: 
     """
     values, region_index = label_spec(labels, regions) if with_label else (None, None)
     steps = _preprocessing_steps(preprocessing, with_label=with_label, values=values, regions=region_index)
-    return _pipeline(steps, {"pre": vars(preprocessing), "label": with_label, "values": values,
-                             "regions": region_index})
+    return _pipeline(
+        steps, {"pre": vars(preprocessing), "label": with_label, "values": values, "regions": region_index}
+    )
 
 
 def validation_transforms(config: Config) -> Pipeline:
     """Whole preprocessed volumes with their labels (the trainer windows over them)."""
-    return preprocessing_transforms(config.preprocessing, with_label=True, regions=config.data.regions,
-                                    labels=config.data.labels)
+    return preprocessing_transforms(
+        config.preprocessing, with_label=True, regions=config.data.regions, labels=config.data.labels
+    )
 
 
 def inference_transforms(preprocessing: PreprocessingConfig) -> Pipeline:
@@ -251,8 +289,9 @@ def training_transforms(config: Config) -> Pipeline:
         steps.append(SqueezeDimd(keys, dim=3))  # (C, H, W, 1) -> (C, H, W); the affine loses its third axis
     if regions is not None:
         steps.append(LabelsToRegionsd(LABEL, regions))
-    steps += augmentation_transforms(config.augmentation, spatial_dims=dims, patch_size=patch,
-                                     extra_keys=[WEIGHT] if weighted else [])
+    steps += augmentation_transforms(
+        config.augmentation, spatial_dims=dims, patch_size=patch, extra_keys=[WEIGHT] if weighted else []
+    )
     label_dtype = torch.float32 if regions is not None else torch.int64
     dtypes = {IMAGE: torch.float32, WEIGHT: torch.float32, LABEL: label_dtype}
     steps.append(EnsureTyped(keys, dtype=[dtypes[k] for k in keys], track_meta=False))
@@ -265,7 +304,7 @@ def training_transforms(config: Config) -> Pipeline:
 class BorderWeightd(MapTransform):
     """The U-Net paper's weight map of a class-index label ``(1, *S)`` as ``weight`` ``(1, *S)`` float32:
     class balance plus ``w0`` on the narrow gaps between touching objects (see
-    :func:`volseg.losses.border_weight_map`)."""
+    :func:`volseg.data.weights.border_weight_map`)."""
 
     def __init__(self, label_key: str, weight_key: str, *, w0: float, sigma: float) -> None:
         super().__init__([label_key])
@@ -298,12 +337,20 @@ def _free_ids(item: Any) -> Any:
 
 
 #: Array transforms that undo the ops the preprocessing records, by their recorded class name.
-_INVERTERS = {"Orientation": lambda: Orientation(axcodes="RAS", labels=None),
-              "CropForeground": CropForeground, "SpatialResample": SpatialResample}
+_INVERTERS = {
+    "Orientation": lambda: Orientation(axcodes="RAS", labels=None),
+    "CropForeground": CropForeground,
+    "SpatialResample": SpatialResample,
+}
 
 
-def invert_to_input(prediction: torch.Tensor | np.ndarray, data: Mapping[Hashable, Any], *, key: str = IMAGE,
-                    mode: Literal["nearest", "bilinear"] = "nearest") -> MetaTensor:
+def invert_to_input(
+    prediction: torch.Tensor | np.ndarray,
+    data: Mapping[Hashable, Any],
+    *,
+    key: str = IMAGE,
+    mode: Literal["nearest", "bilinear"] = "nearest",
+) -> MetaTensor:
     """Put a prediction on the preprocessed grid back on the input file's grid.
 
     ``prediction``: ``(C, *S)`` or ``(*S)`` with ``S`` the spatial shape of ``data[key]`` (the output of
@@ -322,8 +369,10 @@ def invert_to_input(prediction: torch.Tensor | np.ndarray, data: Mapping[Hashabl
     squeeze = pred.ndim == len(spatial)
     pred = pred[None] if squeeze else pred
     if tuple(pred.shape[1:]) != spatial:
-        raise ShapeError(f"prediction shape {tuple(pred.shape)} does not match the preprocessed image "
-                         f"(C, {', '.join(map(str, spatial))})")
+        raise ShapeError(
+            f"prediction shape {tuple(pred.shape)} does not match the preprocessed image "
+            f"(C, {', '.join(map(str, spatial))})"
+        )
     ops = _free_ids(copy.deepcopy(list(reference.applied_operations)))
     if mode == "nearest":
         ops = convert_applied_interp_mode(ops, mode="nearest", align_corners=None)
@@ -350,9 +399,13 @@ def items_from_cases(cases: Iterable[Any]) -> list[dict[str, Any]]:
     return items
 
 
-def make_dataset(items: Sequence[Mapping[str, Any]], transforms: Compose,
-                 cache: Literal["memory", "disk", "none"] = "memory", cache_dir: str | os.PathLike[str] | None = None,
-                 num_workers: int = 1) -> Dataset:
+def make_dataset(
+    items: Sequence[Mapping[str, Any]],
+    transforms: Compose,
+    cache: Literal["memory", "disk", "none"] = "memory",
+    cache_dir: str | os.PathLike[str] | None = None,
+    num_workers: int = 1,
+) -> Dataset:
     """A MONAI dataset whose deterministic prefix of ``transforms`` (up to the first random one) runs once.
 
     ``memory``: :class:`CacheDataset` filled up front with ``num_workers`` threads; ``disk``:

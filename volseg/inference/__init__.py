@@ -31,8 +31,18 @@ if TYPE_CHECKING:
     )
 
 _SLIDING_WINDOW = "volseg.inference.sliding_window"
-_LAZY = {name: _SLIDING_WINDOW for name in ("AUTOCAST_DTYPES", "BLEND_MODES", "SIGMA_SCALE", "check_sw_batch_size",
-                                              "flip_combinations", "importance_map", "sliding_window_inference",
-                                              "window_starts")}
+_LAZY = {
+    name: _SLIDING_WINDOW
+    for name in (
+        "AUTOCAST_DTYPES",
+        "BLEND_MODES",
+        "SIGMA_SCALE",
+        "check_sw_batch_size",
+        "flip_combinations",
+        "importance_map",
+        "sliding_window_inference",
+        "window_starts",
+    )
+}
 __all__ = list(_LAZY)
 __getattr__ = lazy_attributes(__name__, _LAZY)

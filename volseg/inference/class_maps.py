@@ -52,8 +52,9 @@ def log_normaliser(logits: torch.Tensor, device: torch.device, chunk: int) -> to
     return peak + total.log()
 
 
-def probability_chunks(scores: torch.Tensor, *, regions: bool, device: torch.device, chunk: int,
-                       activated: bool = False) -> Iterator[tuple[slice, torch.Tensor]]:
+def probability_chunks(
+    scores: torch.Tensor, *, regions: bool, device: torch.device, chunk: int, activated: bool = False
+) -> Iterator[tuple[slice, torch.Tensor]]:
     """``(classes, probabilities)`` for each chunk of ``chunk`` classes of ``scores`` (K, *S):
     probabilities (c, *S) float32 on ``device``, sigmoid per region or softmax over every class;
     ``activated``: ``scores`` are probabilities already."""

@@ -41,8 +41,12 @@ INSTANCE_NORMS = (nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 def _is_fast_path(x: torch.Tensor, spatial_dims: int) -> bool:
     """Whether ``x`` suits a stand-in: a batched float32 CPU tensor, no gradients being recorded."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == spatial_dims + 2
-            and not torch.is_grad_enabled())
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() == spatial_dims + 2
+        and not torch.is_grad_enabled()
+    )
 
 
 class SubpixelConvTranspose(nn.Module):
@@ -74,18 +78,31 @@ class SubpixelConvTranspose(nn.Module):
     @staticmethod
     def supports(module: nn.Module) -> bool:
         """Whether ``module`` is a transposed convolution this class computes faster."""
-        return (isinstance(module, TRANSPOSED) and module.groups == 1 and module.padding_mode == "zeros"
-                and all(d == 1 for d in module.dilation) and module.out_channels <= SUBPIXEL_MAX_OUT_CHANNELS)
+        return (
+            isinstance(module, TRANSPOSED)
+            and module.groups == 1
+            and module.padding_mode == "zeros"
+            and all(d == 1 for d in module.dilation)
+            and module.out_channels <= SUBPIXEL_MAX_OUT_CHANNELS
+        )
 
     def _weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The phase-stacked convolution weight (C_out * prod(stride), C_in, *offsets) and bias."""
         weight, bias = self.source.weight, self.source.bias
-        key = (weight._version, weight.data_ptr(), weight.device, weight.dtype,
-               None if bias is None else (bias._version, bias.data_ptr()))
+        key = (
+            weight._version,
+            weight.data_ptr(),
+            weight.device,
+            weight.dtype,
+            None if bias is None else (bias._version, bias.data_ptr()),
+        )
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
-                self._cache = (key, self._phase_weight(weight.detach()),
-                               None if bias is None else bias.detach().repeat_interleave(math.prod(self.source.stride)))
+                self._cache = (
+                    key,
+                    self._phase_weight(weight.detach()),
+                    None if bias is None else bias.detach().repeat_interleave(math.prod(self.source.stride)),
+                )
         return self._cache[1], self._cache[2]
 
     def _phase_weight(self, weight: torch.Tensor) -> torch.Tensor:
@@ -97,8 +114,10 @@ class SubpixelConvTranspose(nn.Module):
         phased = weight.new_zeros((out_channels, *source.stride, in_channels, *sizes))
         for phase in itertools.product(*(range(s) for s in source.stride)):
             for index in itertools.product(*(range(n) for n in sizes)):
-                taps = [a + p - s * (low + i) for a, p, s, (low, _), i
-                        in zip(phase, source.padding, source.stride, self.offsets, index)]
+                taps = [
+                    a + p - s * (low + i)
+                    for a, p, s, (low, _), i in zip(phase, source.padding, source.stride, self.offsets, index)
+                ]
                 if all(0 <= t < k for t, k in zip(taps, source.kernel_size)):
                     phased[(slice(None), *phase, slice(None), *index)] = weight[(slice(None), slice(None), *taps)].t()
         return phased.reshape(out_channels * math.prod(source.stride), in_channels, *sizes)
@@ -108,8 +127,10 @@ class SubpixelConvTranspose(nn.Module):
         if output_size is not None or not _is_fast_path(x, self.spatial_dims) or source.weight.dtype != x.dtype:
             return source(x, output_size)
         spatial = x.shape[2:]
-        out_sizes = [(n - 1) * s - 2 * p + k + op for n, s, p, k, op
-                     in zip(spatial, source.stride, source.padding, source.kernel_size, source.output_padding)]
+        out_sizes = [
+            (n - 1) * s - 2 * p + k + op
+            for n, s, p, k, op in zip(spatial, source.stride, source.padding, source.kernel_size, source.output_padding)
+        ]
         coarse = [-(-size // s) for size, s in zip(out_sizes, source.stride)]  # phase groups per axis
         pads = []  # F.pad order: last axis first; negative values crop
         for n, m, (low, count) in reversed(list(zip(spatial, coarse, self.offsets))):
@@ -199,9 +220,17 @@ def with_fast_layers(network: nn.Module) -> nn.Module:
     ``network`` itself is never modified.
     """
     modules = list(network.named_modules())
-    signature = tuple((name, id(module), module.training, _is_observed(module),
-                       tuple(map(id, module._parameters.values())), tuple(map(id, module._buffers.values())))
-                      for name, module in modules)
+    signature = tuple(
+        (
+            name,
+            id(module),
+            module.training,
+            _is_observed(module),
+            tuple(map(id, module._parameters.values())),
+            tuple(map(id, module._buffers.values())),
+        )
+        for name, module in modules
+    )
     cached = _copies.get(network)
     if cached is not None and cached[0] == signature:
         return cached[1]

@@ -96,11 +96,14 @@ def _file_cases(files: list[Path], num_channels: int) -> list[PredictionInput]:
         by_stem[stem].append(p)
     clashes = {stem: paths for stem, paths in by_stem.items() if len(paths) > 1}
     if clashes:  # both would be written to the same output file
-        shown = "; ".join(f"case {stem}: {', '.join(p.name for p in paths)}"
-                          for stem, paths in sorted(clashes.items())[:5])
+        shown = "; ".join(
+            f"case {stem}: {', '.join(p.name for p in paths)}" for stem, paths in sorted(clashes.items())[:5]
+        )
         more = f"; and {len(clashes) - 5} more" if len(clashes) > 5 else ""
-        raise InputFileError(f"{files[0].parent}: several files would give the same case (and output) name: "
-                             f"{shown}{more}; rename or move one of each")
+        raise InputFileError(
+            f"{files[0].parent}: several files would give the same case (and output) name: "
+            f"{shown}{more}; rename or move one of each"
+        )
     grouped = all(_CHANNEL_SUFFIX.match(stem) for stem in stems.values()) and (
         num_channels > 1 or any(stem.endswith("_0000") for stem in stems.values())
     )

@@ -51,6 +51,7 @@ STATISTICS_SUFFIXES = (".json", ".csv")
 
 # ----------------------------------------------------------------------------- helpers
 
+
 def to_numpy(array: Any) -> np.ndarray:
     """A numpy array (a torch tensor is copied to the CPU)."""
     if hasattr(array, "detach"):
@@ -70,8 +71,10 @@ def as_label_array(labels: Any, what: str = "label map") -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating):
         integral = array.astype(np.int64)
         if not np.array_equal(integral, array):
-            raise ConfigError(f"a {what} must hold whole numbers; got {array.dtype} values "
-                              "with fractions (probabilities? threshold or argmax them first)")
+            raise ConfigError(
+                f"a {what} must hold whole numbers; got {array.dtype} values "
+                "with fractions (probabilities? threshold or argmax them first)"
+            )
         return integral
     raise ConfigError(f"a {what} must be an integer array, got dtype {array.dtype}")
 
@@ -106,8 +109,9 @@ def _shape_filter(array: np.ndarray) -> sitk.LabelShapeStatisticsImageFilter:
 def _box(shapes: sitk.LabelShapeStatisticsImageFilter, value: int, ndim: int) -> tuple[slice, ...]:
     """Numpy slices of ``value``'s bounding box (SimpleITK gives it in reversed axis order)."""
     bounds = shapes.GetBoundingBox(value)  # (start x, y[, z], size x, y[, z])
-    return tuple(slice(bounds[ndim - 1 - axis], bounds[ndim - 1 - axis] + bounds[2 * ndim - 1 - axis])
-                 for axis in range(ndim))
+    return tuple(
+        slice(bounds[ndim - 1 - axis], bounds[ndim - 1 - axis] + bounds[2 * ndim - 1 - axis]) for axis in range(ndim)
+    )
 
 
 def _sorted_components(mask: np.ndarray, fully_connected: bool) -> tuple[np.ndarray, list[int]]:
@@ -119,8 +123,9 @@ def _sorted_components(mask: np.ndarray, fully_connected: bool) -> tuple[np.ndar
     return sitk.GetArrayFromImage(instances), [int(n) for n in relabel.GetSizeOfObjectsInPixels()]
 
 
-def _per_value(array: np.ndarray, values: Iterable[int] | None, fully_connected: bool
-               ) -> Iterator[tuple[int, tuple[slice, ...], np.ndarray, list[int]]]:
+def _per_value(
+    array: np.ndarray, values: Iterable[int] | None, fully_connected: bool
+) -> Iterator[tuple[int, tuple[slice, ...], np.ndarray, list[int]]]:
     """For each non-zero value present (of ``values``, default all): ``(value, box,
     instances, sizes)``; ``instances`` covers ``array[box]``, 0 where another value is."""
     shapes = _shape_filter(array)
@@ -150,6 +155,7 @@ def present_labels(labels: np.ndarray) -> list[int]:
 
 # ----------------------------------------------------------------------------- components
 
+
 def connected_components(mask: np.ndarray, *, fully_connected: bool = False) -> tuple[np.ndarray, list[int]]:
     """Connected components of the non-zero voxels of ``mask`` ``(*S)`` (2D or 3D).
 
@@ -166,15 +172,21 @@ def connected_components(mask: np.ndarray, *, fully_connected: bool = False) -> 
 KeepCount = Callable[[list[int]], int]
 
 
-def _filter_components(labels: Any, keep: KeepCount, label_values: Iterable[int] | None,
-                       regions: Mapping[str, Sequence[int]] | None, fully_connected: bool) -> np.ndarray:
+def _filter_components(
+    labels: Any,
+    keep: KeepCount,
+    label_values: Iterable[int] | None,
+    regions: Mapping[str, Sequence[int]] | None,
+    fully_connected: bool,
+) -> np.ndarray:
     """Drop the components ``keep`` does not keep, per label value or per region; ``(*S)`` -> ``(*S)``."""
     original = to_numpy(labels)
     array = as_label_array(original)
     if regions is not None:
         if label_values is not None:
-            raise ConfigError(f"give label_values or regions, not both; got label_values={label_values!r}, "
-                              f"regions={dict(regions)!r}")
+            raise ConfigError(
+                f"give label_values or regions, not both; got label_values={label_values!r}, regions={dict(regions)!r}"
+            )
         return _filter_regions(original, array, keep, regions, fully_connected)
     out = original.copy()
     for value, box, instances, sizes in _per_value(array, _check_values(label_values), fully_connected):
@@ -185,8 +197,13 @@ def _filter_components(labels: Any, keep: KeepCount, label_values: Iterable[int]
     return out
 
 
-def _filter_regions(original: np.ndarray, array: np.ndarray, keep: KeepCount,
-                    regions: Mapping[str, Sequence[int]], fully_connected: bool) -> np.ndarray:
+def _filter_regions(
+    original: np.ndarray,
+    array: np.ndarray,
+    keep: KeepCount,
+    regions: Mapping[str, Sequence[int]],
+    fully_connected: bool,
+) -> np.ndarray:
     """:func:`_filter_components` on each region's mask ``(R, *S)``, outer regions first: a
     region inside another (its label set a strict subset) is first cut to what the outer one
     kept, so e.g. the largest TC is chosen inside the kept WT."""
@@ -244,8 +261,10 @@ def remove_small_components(
     array = as_label_array(to_numpy(labels))
     voxel_ml = _voxel_ml(check_spacing(spacing, array.ndim))
     if (min_size_voxels is None) == (min_size_ml is None):
-        raise ConfigError("give exactly one of min_size_voxels and min_size_ml, got "
-                          f"min_size_voxels={min_size_voxels!r}, min_size_ml={min_size_ml!r}")
+        raise ConfigError(
+            "give exactly one of min_size_voxels and min_size_ml, got "
+            f"min_size_voxels={min_size_voxels!r}, min_size_ml={min_size_ml!r}"
+        )
     if min_size_voxels is not None:
         if isinstance(min_size_voxels, bool) or not float(min_size_voxels) >= 0:
             raise ConfigError(f"min_size_voxels must be a count >= 0, got {min_size_voxels!r}")
@@ -263,6 +282,7 @@ def remove_small_components(
 
 
 # ----------------------------------------------------------------------------- statistics
+
 
 def label_statistics(
     labels: np.ndarray,
@@ -288,15 +308,17 @@ def label_statistics(
     for value in sorted(set(found) | (set(names) - {0})):
         sizes = found.get(value, [])
         volumes = [size * voxel_ml for size in sizes]
-        stats.append({
-            "label": value,
-            "name": names.get(value, str(value)),
-            "voxels": int(sum(sizes)),
-            "volume_ml": float(sum(sizes) * voxel_ml),
-            "components": len(sizes),
-            "largest_ml": volumes[0] if volumes else 0.0,
-            "component_volumes_ml": volumes,
-        })
+        stats.append(
+            {
+                "label": value,
+                "name": names.get(value, str(value)),
+                "voxels": int(sum(sizes)),
+                "volume_ml": float(sum(sizes) * voxel_ml),
+                "components": len(sizes),
+                "largest_ml": volumes[0] if volumes else 0.0,
+                "component_volumes_ml": volumes,
+            }
+        )
     return stats
 
 
@@ -304,14 +326,17 @@ def format_statistics(stats: Sequence[Mapping[str, Any]]) -> str:
     """A plain-text table of :func:`label_statistics`: label, name, volume (mL, 2 decimals),
     components, largest component (mL); columns aligned, no trailing newline."""
     header = ("label", "name", "volume_ml", "components", "largest_ml")
-    rows = [(str(s["label"]), str(s["name"]), f"{s['volume_ml']:.2f}", str(s["components"]),
-             f"{s['largest_ml']:.2f}") for s in stats]
+    rows = [
+        (str(s["label"]), str(s["name"]), f"{s['volume_ml']:.2f}", str(s["components"]), f"{s['largest_ml']:.2f}")
+        for s in stats
+    ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     left = {1}  # the name is left-aligned, numbers right-aligned
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     lines = [line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]
     if not rows:
@@ -322,8 +347,10 @@ def format_statistics(stats: Sequence[Mapping[str, Any]]) -> str:
 def _statistics_suffix(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in STATISTICS_SUFFIXES:
-        raise ConfigError(f"cannot write statistics to '{path}': unknown extension {suffix!r}; "
-                          f"allowed: {', '.join(STATISTICS_SUFFIXES)}")
+        raise ConfigError(
+            f"cannot write statistics to '{path}': unknown extension {suffix!r}; "
+            f"allowed: {', '.join(STATISTICS_SUFFIXES)}"
+        )
     return suffix
 
 
@@ -352,8 +379,17 @@ def write_statistics(
         writer.writerow(STATISTICS_KEYS)
         for row in rows:
             volumes = ";".join(repr(float(v)) for v in row["component_volumes_ml"])
-            writer.writerow([int(row["label"]), row["name"], int(row["voxels"]), repr(float(row["volume_ml"])),
-                             int(row["components"]), repr(float(row["largest_ml"])), volumes])
+            writer.writerow(
+                [
+                    int(row["label"]),
+                    row["name"],
+                    int(row["voxels"]),
+                    repr(float(row["volume_ml"])),
+                    int(row["components"]),
+                    repr(float(row["largest_ml"])),
+                    volumes,
+                ]
+            )
         text = buffer.getvalue()
     write_text(out, text)
     logger.info("wrote label statistics %s", out)
@@ -370,10 +406,15 @@ def read_statistics(path: str | os.PathLike) -> list[dict[str, Any]]:
     stats = []
     for row in csv.DictReader(_stringio.StringIO(text)):
         volumes = row["component_volumes_ml"]
-        stats.append({
-            "label": int(row["label"]), "name": row["name"], "voxels": int(row["voxels"]),
-            "volume_ml": float(row["volume_ml"]), "components": int(row["components"]),
-            "largest_ml": float(row["largest_ml"]),
-            "component_volumes_ml": [float(v) for v in volumes.split(";")] if volumes else [],
-        })
+        stats.append(
+            {
+                "label": int(row["label"]),
+                "name": row["name"],
+                "voxels": int(row["voxels"]),
+                "volume_ml": float(row["volume_ml"]),
+                "components": int(row["components"]),
+                "largest_ml": float(row["largest_ml"]),
+                "component_volumes_ml": [float(v) for v in volumes.split(";")] if volumes else [],
+            }
+        )
     return stats

@@ -126,8 +126,9 @@ class Predictor:
         self.labels = self.label_space.labels
         self.mask_nonzero = inference.mask_nonzero if mask_nonzero is None else bool(mask_nonzero)
         if self.mask_nonzero and self.regions is None and 0 not in self.labels:
-            raise ConfigError(f"mask_nonzero needs label 0 (background) in data.labels; got labels "
-                              f"{sorted(self.labels)}")
+            raise ConfigError(
+                f"mask_nonzero needs label 0 (background) in data.labels; got labels {sorted(self.labels)}"
+            )
         self.transforms = inference_transforms(config.preprocessing)
 
     @classmethod
@@ -233,19 +234,27 @@ class Predictor:
         """Logits (K, *S) on the preprocessed grid of ``image`` (1, C, *S), on the device when they fit
         there, else on the host; with ``with_variance`` the mean class/region probabilities over the
         mirrored copies and their variance instead (each copy runs separately; on the host)."""
-        options = dict(overlap=self.overlap, blend=self.blend, sw_batch_size=self.sw_batch_size, device=self.device,
-                       autocast=self.autocast, progress=self.progress)
+        options = dict(
+            overlap=self.overlap,
+            blend=self.blend,
+            sw_batch_size=self.sw_batch_size,
+            device=self.device,
+            autocast=self.autocast,
+            progress=self.progress,
+        )
         image = image.to(self.device)
         if not with_variance:
-            logits = sliding_window_inference(self.network, image, self.roi_size, tta_flips=self.tta_flips,
-                                              output_device="auto", **options)
+            logits = sliding_window_inference(
+                self.network, image, self.roi_size, tta_flips=self.tta_flips, output_device="auto", **options
+            )
             return logits[0], None
         flips = flip_combinations(self.tta_flips or range(self.network.spatial_dims))
         total = squares = None
         for flip in flips:
             dims = [axis + 2 for axis in flip]
-            logits = sliding_window_inference(self.network, image.flip(dims) if dims else image, self.roi_size,
-                                              output_device="cpu", **options)
+            logits = sliding_window_inference(
+                self.network, image.flip(dims) if dims else image, self.roi_size, output_device="cpu", **options
+            )
             probs = self._activate((logits.flip(dims) if dims else logits)[0])
             total = probs if total is None else total + probs
             squares = probs.square() if squares is None else squares + probs.square()
@@ -276,8 +285,9 @@ class Predictor:
         if chunk == 0 and device.type != "cpu":
             device, chunk = torch.device("cpu"), class_chunk(count, voxels, free_memory(torch.device("cpu")))
         decision, probs, entropy_sum = RunningDecision(regions, count), None, None
-        for classes, maps in probability_chunks(scores, regions=regions, device=device, chunk=max(chunk, 1),
-                                                activated=activated):
+        for classes, maps in probability_chunks(
+            scores, regions=regions, device=device, chunk=max(chunk, 1), activated=activated
+        ):
             on_input = invert_to_input(maps, data, mode="bilinear").as_tensor() if to_input else None
             decision.add(classes.start, on_input if resampled else maps)
             if probabilities:

@@ -111,8 +111,10 @@ def _prepare(image: Any, labels: Any, spacing: Sequence[float]) -> tuple[np.ndar
     if image_array.ndim == label_array.ndim + 1:
         image_array = image_array[0]  # (C, *S): the first channel
     if image_array.shape != label_array.shape:
-        raise ShapeError(f"image shape {tuple(to_numpy(image).shape)} does not match the label map "
-                         f"shape {label_array.shape}; expected (*S) or (C, *S)")
+        raise ShapeError(
+            f"image shape {tuple(to_numpy(image).shape)} does not match the label map "
+            f"shape {label_array.shape}; expected (*S) or (C, *S)"
+        )
     return image_array.astype(np.float32, copy=False), label_array, check_spacing(spacing, label_array.ndim)
 
 
@@ -157,24 +159,32 @@ def render_preview(
     axes = figure.subplots(1, len(image_planes), squeeze=False)[0]
     visible: set[int] = set()
     for axis, aspect, (name, grey, letters), (_, plane, _) in zip(
-            axes, preview_aspects(spacing), image_planes, label_planes):
-        axis.imshow(grey, cmap="gray", vmin=low, vmax=high, origin="lower", aspect=aspect,
-                    interpolation="nearest")
+        axes, preview_aspects(spacing), image_planes, label_planes
+    ):
+        axis.imshow(grey, cmap="gray", vmin=low, vmax=high, origin="lower", aspect=aspect, interpolation="nearest")
         axis.imshow(_overlay(plane), origin="lower", aspect=aspect, interpolation="nearest")
         visible.update(int(v) for v in np.unique(plane) if v != 0)
         axis.set_title(name, color="white", fontsize=10)
         axis.set_axis_off()
         if letters is not None:
             for text, x, y in zip(letters, (0.02, 0.98, 0.5, 0.5), (0.5, 0.5, 0.02, 0.98)):
-                axis.text(x, y, text, transform=axis.transAxes, color="yellow", fontsize=9,
-                          ha="center", va="center")
-    handles = [Patch(facecolor=label_colour(v), label=f"{v}: {names[v]}" if v in names else str(v))
-               for v in sorted(visible)[:MAX_LEGEND_ENTRIES]]
+                axis.text(x, y, text, transform=axis.transAxes, color="yellow", fontsize=9, ha="center", va="center")
+    handles = [
+        Patch(facecolor=label_colour(v), label=f"{v}: {names[v]}" if v in names else str(v))
+        for v in sorted(visible)[:MAX_LEGEND_ENTRIES]
+    ]
     if len(visible) > MAX_LEGEND_ENTRIES:
         handles.append(Patch(facecolor="none", label=f"+{len(visible) - MAX_LEGEND_ENTRIES} more"))
     if handles:
-        figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6),
-                      facecolor="black", edgecolor="grey", labelcolor="white", fontsize=9)
+        figure.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncols=min(len(handles), 6),
+            facecolor="black",
+            edgecolor="grey",
+            labelcolor="white",
+            fontsize=9,
+        )
     if title:
         figure.suptitle(title, color="white")
     with atomic_target(out) as temporary:

@@ -95,8 +95,9 @@ def output_extension(case: PredictionInput, extension: str) -> str:
     return ".nii.gz"
 
 
-def plan_outputs(inputs: list[PredictionInput], output: Path,
-                 options: OutputOptions) -> list[tuple[PredictionInput, Path]]:
+def plan_outputs(
+    inputs: list[PredictionInput], output: Path, options: OutputOptions
+) -> list[tuple[PredictionInput, Path]]:
     """Pair each case with its label file: ``output`` itself for one case given a volume file
     name, else ``output/<case><extension>``."""
     single_file = output.name.lower().endswith(WRITE_SUFFIXES) and split_volume_name(output.name) is not None
@@ -177,9 +178,15 @@ def segment_case(predictor: Predictor, case: PredictionInput, labels_path: Path,
         write_statistics(statistics, side["stats"], overwrite=True)
     if options.preview:
         image, label_view, spacing = ras_views(reference.channels_first()[0], labels, reference.affine)
-        render_preview(image, label_view, spacing=spacing, path=side["preview"],
-                       label_names=space.names_in(case.brats_convention), title=case.case_id,
-                       overwrite=True)
+        render_preview(
+            image,
+            label_view,
+            spacing=spacing,
+            path=side["preview"],
+            label_names=space.names_in(case.brats_convention),
+            title=case.case_id,
+            overwrite=True,
+        )
     write_volume(labels_path, labels, reference, overwrite=True)
     logger.debug("%s: %.2f s", case.case_id, prediction.seconds)
     return CaseOutcome(case.case_id, labels_path, skipped=False, seconds=prediction.seconds, statistics=statistics)
@@ -209,22 +216,31 @@ def read_channels(case: PredictionInput, *, strict: bool = False, ct: bool = Fal
     if not count:
         return volumes, None
     rule = "the image minimum (CT model)" if ct else "0"
-    logger.warning("%s: %d NaN/Inf voxel(s) replaced by %s (%s); --strict refuses such inputs instead",
-                   case.case_id, count, rule, ", ".join(f"{v.path.name if v.path else '?'}: {n}"
-                                                        for v, (n, _) in zip(volumes, replaced) if n))
-    return volumes, {"voxels": count, "replaced_by": "image minimum" if ct else "zero",
-                     "values": [value for _, value in replaced]}
+    logger.warning(
+        "%s: %d NaN/Inf voxel(s) replaced by %s (%s); --strict refuses such inputs instead",
+        case.case_id,
+        count,
+        rule,
+        ", ".join(f"{v.path.name if v.path else '?'}: {n}" for v, (n, _) in zip(volumes, replaced) if n),
+    )
+    return volumes, {
+        "voxels": count,
+        "replaced_by": "image minimum" if ct else "zero",
+        "values": [value for _, value in replaced],
+    }
 
 
-def postprocess(labels: np.ndarray, prediction: Prediction, options: OutputOptions,
-                regions: dict[str, list[int]] | None = None) -> np.ndarray:
+def postprocess(
+    labels: np.ndarray, prediction: Prediction, options: OutputOptions, regions: dict[str, list[int]] | None = None
+) -> np.ndarray:
     """Largest connected component and/or removal of components under ``min_size_ml``, per
     label value, or per region on a region model (``regions``: name -> label values)."""
     if options.largest_component:
         labels = keep_largest_component(labels, regions=regions)
     if options.min_size_ml:
-        labels = remove_small_components(labels, min_size_ml=options.min_size_ml, spacing=prediction.reference.spacing,
-                                          regions=regions)
+        labels = remove_small_components(
+            labels, min_size_ml=options.min_size_ml, spacing=prediction.reference.spacing, regions=regions
+        )
     return labels
 
 

@@ -138,9 +138,20 @@ def sliding_window_inference(
     """
     spatial_dims = getattr(network, "spatial_dims", image.ndim - 2)
     if image.ndim == 5 and spatial_dims == 2:
-        return _slice_by_slice(network, image, roi_size, overlap=overlap, blend=blend, sw_batch_size=sw_batch_size,
-                               tta_flips=tta_flips, device=device, output_device=output_device, autocast=autocast,
-                               fast_layers=fast_layers, progress=progress)
+        return _slice_by_slice(
+            network,
+            image,
+            roi_size,
+            overlap=overlap,
+            blend=blend,
+            sw_batch_size=sw_batch_size,
+            tta_flips=tta_flips,
+            device=device,
+            output_device=output_device,
+            autocast=autocast,
+            fast_layers=fast_layers,
+            progress=progress,
+        )
     _check_arguments(image, roi_size, overlap, sw_batch_size, autocast, tta_flips)
     roi = tuple(int(r) for r in roi_size)
     if device is None:
@@ -197,8 +208,9 @@ def sliding_window_inference(
             if logits is None:  # allocated before the batch is sized, so the free memory counts it
                 needed = 4 * (num_cases * prediction.shape[1] + 1) * math.prod(grid)  # logits and coverage
                 if output_device is None:
-                    output_device = accumulation_device(needed, device, free_bytes=free_memory(device),
-                                                        total_bytes=total_memory(device))
+                    output_device = accumulation_device(
+                        needed, device, free_bytes=free_memory(device), total_bytes=total_memory(device)
+                    )
                 weights = importance_map(tile, blend, output_device)
                 with torch.inference_mode(False):  # a normal tensor: callers may modify the result in place
                     buffer = dict(device=output_device, dtype=torch.float32)
@@ -214,11 +226,20 @@ def sliding_window_inference(
                 add(prediction.to(logits.device), batch)
             done += len(batch)
             if stage == "measure":  # one window, alone, measured what a window costs: size the rest
-                cost = window_bytes(meter.per_call, input_elements=windows[0].numel(),
-                                    output_elements=prediction[0].numel(), flips=len(flips))
+                cost = window_bytes(
+                    meter.per_call,
+                    input_elements=windows[0].numel(),
+                    output_elements=prediction[0].numel(),
+                    flips=len(flips),
+                )
                 to_host = prediction[0].numel() if logits.device != prediction.device else 0
-                size = window_batch_size(cost, device, windows=total - done, largest_elements=meter.largest_per_window,
-                                         copied_elements=to_host)
+                size = window_batch_size(
+                    cost,
+                    device,
+                    windows=total - done,
+                    largest_elements=meter.largest_per_window,
+                    copied_elements=to_host,
+                )
             stage = "measure" if stage == "warm-up" else "sized"
             if progress is not None:
                 progress(done, total)

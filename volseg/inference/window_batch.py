@@ -64,8 +64,9 @@ class ActivationMeter:
     def __enter__(self) -> ActivationMeter:
         if self.device.type == "cuda":
             self._baseline = self._peak = torch.cuda.memory_allocated(self.device)
-        leaves = [m for m in self.network.modules()
-                  if next(m.children(), None) is None or getattr(m, "wraps_layer", False)]
+        leaves = [
+            m for m in self.network.modules() if next(m.children(), None) is None or getattr(m, "wraps_layer", False)
+        ]
         self._hooks = [m.register_forward_hook(self._add_output) for m in leaves]
         self._hooks.append(self.network.register_forward_pre_hook(self._count_call))
         return self
@@ -138,8 +139,15 @@ def window_bytes(activation_bytes: int, *, input_elements: int, output_elements:
     return activation_bytes + inputs + OUTPUT_COPIES * output_elements * 4
 
 
-def batch_that_fits(free_bytes: int, bytes_per_window: int, *, windows: int, largest_batch: int,
-                    largest_elements: int = 0, copied_elements: int = 0) -> int:
+def batch_that_fits(
+    free_bytes: int,
+    bytes_per_window: int,
+    *,
+    windows: int,
+    largest_batch: int,
+    largest_elements: int = 0,
+    copied_elements: int = 0,
+) -> int:
     """Windows per call: as many as fit in :data:`MEMORY_FRACTION` of ``free_bytes``, at least 1 and
     at most ``windows``, ``largest_batch``, :func:`index_safe_batch` of ``largest_elements`` and, when
     each window's ``copied_elements`` float32 logits go to host memory, :data:`HOST_COPY_BYTES` of them."""
@@ -148,14 +156,26 @@ def batch_that_fits(free_bytes: int, bytes_per_window: int, *, windows: int, lar
     return max(1, min(fitting, windows, largest_batch, index_safe_batch(largest_elements), copies))
 
 
-def window_batch_size(bytes_per_window: int, device: torch.device, *, windows: int, largest_elements: int = 0,
-                      copied_elements: int = 0) -> int:
+def window_batch_size(
+    bytes_per_window: int, device: torch.device, *, windows: int, largest_elements: int = 0, copied_elements: int = 0
+) -> int:
     """:func:`batch_that_fits` the free memory of ``device`` within its :data:`LARGEST_BATCH`."""
     largest = LARGEST_BATCH.get(device.type, LARGEST_BATCH["cuda"])
-    batch = batch_that_fits(free_memory(device), bytes_per_window, windows=windows, largest_batch=largest,
-                            largest_elements=largest_elements, copied_elements=copied_elements)
-    logger.debug("window batch %d: %.0f MiB per window, largest activation %d elements per window, %d windows left",
-                 batch, bytes_per_window / 2**20, largest_elements, windows)
+    batch = batch_that_fits(
+        free_memory(device),
+        bytes_per_window,
+        windows=windows,
+        largest_batch=largest,
+        largest_elements=largest_elements,
+        copied_elements=copied_elements,
+    )
+    logger.debug(
+        "window batch %d: %.0f MiB per window, largest activation %d elements per window, %d windows left",
+        batch,
+        bytes_per_window / 2**20,
+        largest_elements,
+        windows,
+    )
     return batch
 
 

@@ -25,8 +25,20 @@ from volseg.io.volume import Volume, _check_affine, _check_shape, _fail  # noqa:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["READ_SUFFIXES", "WRITE_SUFFIXES", "MAX_BYTES", "Volume", "read_volume", "write_volume",
-           "check_finite", "fill_nonfinite", "output_dtype", "orientation_code", "same_grid", "check_same_grid"]
+__all__ = [
+    "READ_SUFFIXES",
+    "WRITE_SUFFIXES",
+    "MAX_BYTES",
+    "Volume",
+    "read_volume",
+    "write_volume",
+    "check_finite",
+    "fill_nonfinite",
+    "output_dtype",
+    "orientation_code",
+    "same_grid",
+    "check_same_grid",
+]
 MAX_BYTES = 8 * 1024**3  # default limit on the memory a header may claim, checked before loading
 
 
@@ -64,8 +76,7 @@ def read_volume(
         if what is not None:
             raise _fail(path, f"is {what}")
         if fmt is None:
-            raise _fail(path, f"unknown file extension; supported: {describe_formats()}; "
-                        "or a DICOM series folder")
+            raise _fail(path, f"unknown file extension; supported: {describe_formats()}; or a DICOM series folder")
         with formats.keep_locale():
             volume = formats.read_file(path, fmt, max_bytes, fixes)
     if not allow_nonfinite:
@@ -74,8 +85,14 @@ def read_volume(
         logger.warning("%s: nibabel corrected its header: %s", path, "; ".join(fixes))
     if dtype is not None:
         volume.array = volume.array.astype(dtype, copy=False)
-    logger.debug("read %s: shape %s, %s, %s, spacing %s", path, volume.array.shape,
-                 volume.array.dtype, orientation_code(volume.affine), volume.spacing)
+    logger.debug(
+        "read %s: shape %s, %s, %s, spacing %s",
+        path,
+        volume.array.shape,
+        volume.array.dtype,
+        orientation_code(volume.affine),
+        volume.spacing,
+    )
     return volume
 
 
@@ -87,8 +104,9 @@ def check_finite(volume: Volume, *, hint: str = "clean the file or pass allow_no
     """Raise :class:`InputFileError` naming the file and the count of NaN/Inf voxels, then ``hint``."""
     bad = _count_nonfinite(volume.array)
     if bad:
-        raise _fail(volume.path or "<in-memory volume>", f"{bad} of {volume.array.size} voxels are NaN "
-                    f"or infinite; {hint}")
+        raise _fail(
+            volume.path or "<in-memory volume>", f"{bad} of {volume.array.size} voxels are NaN or infinite; {hint}"
+        )
 
 
 def fill_nonfinite(volume: Volume, fill: str = "zero") -> tuple[int, float | None]:
@@ -159,27 +177,29 @@ def write_volume(
     out = Path(path)
     fmt = format_of(out.name)
     if fmt is None or not out.name.lower().endswith(WRITE_SUFFIXES):
-        raise ConfigError(f"cannot write '{out}': unknown extension; "
-                          f"allowed: {', '.join(WRITE_SUFFIXES)}")
+        raise ConfigError(f"cannot write '{out}': unknown extension; allowed: {', '.join(WRITE_SUFFIXES)}")
     if hasattr(array, "detach"):  # a torch tensor
         array = array.detach().cpu().numpy()
     array = np.asarray(array)
     if isinstance(reference, Volume):
         affine, header, sdims = reference.affine, reference.header, reference.spatial_dims
         if tuple(array.shape[:sdims]) != reference.spatial_shape or array.ndim > sdims + 1:
-            raise ShapeError(f"cannot write '{out}': array shape {tuple(array.shape)} does not "
-                             f"match the grid {reference.spatial_shape} of '{reference.path}'")
+            raise ShapeError(
+                f"cannot write '{out}': array shape {tuple(array.shape)} does not "
+                f"match the grid {reference.spatial_shape} of '{reference.path}'"
+            )
     else:
         affine, header = np.asarray(reference, dtype=np.float64), None
         sdims = 2 if array.ndim == 2 else 3
         if affine.shape != (4, 4) or array.ndim not in (sdims, sdims + 1):
-            raise ShapeError(f"cannot write '{out}': need a 4x4 affine and a 2D/3D array "
-                             f"(channels last), got {affine.shape} and {tuple(array.shape)}")
+            raise ShapeError(
+                f"cannot write '{out}': need a 4x4 affine and a 2D/3D array "
+                f"(channels last), got {affine.shape} and {tuple(array.shape)}"
+            )
     if out.is_dir():
         raise OutputExistsError(f"cannot write '{out}': it is a folder")
     if out.exists() and not overwrite:
-        raise OutputExistsError(f"'{out}' exists; pass overwrite=True (--overwrite on the "
-                                "command line) to replace it")
+        raise OutputExistsError(f"'{out}' exists; pass overwrite=True (--overwrite on the command line) to replace it")
     array = _cast(array, dtype)
 
     if fmt.writer == "pair":
@@ -207,10 +227,11 @@ def check_same_grid(image: Volume, label: Volume, *, atol: float = 1e-5) -> None
     """Raise :class:`ShapeError` naming both files when ``image`` and ``label`` grids differ."""
     names = f"image '{image.path}' and label '{label.path}'"
     if image.spatial_shape != label.spatial_shape:
-        raise ShapeError(f"{names} have different shapes: {image.spatial_shape} vs "
-                         f"{label.spatial_shape}")
+        raise ShapeError(f"{names} have different shapes: {image.spatial_shape} vs {label.spatial_shape}")
     diff = float(np.max(np.abs(image.affine - label.affine)))
     if diff > atol:
-        raise ShapeError(f"{names} have different affines (largest difference {diff:.3g}, "
-                         f"tolerance {atol}; orientations {orientation_code(image.affine)} vs "
-                         f"{orientation_code(label.affine)})")
+        raise ShapeError(
+            f"{names} have different affines (largest difference {diff:.3g}, "
+            f"tolerance {atol}; orientations {orientation_code(image.affine)} vs "
+            f"{orientation_code(label.affine)})"
+        )

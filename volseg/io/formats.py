@@ -37,6 +37,7 @@ _LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse: flips x and y
 # OverflowError: a header field nibabel turns into an integer is infinite (e.g. vox_offset).
 _NIFTI_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError, OverflowError)
 
+
 def _itk_message(err: Exception) -> str:
     """The useful last line of a SimpleITK/ITK exception (drops the C++ source location)."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
@@ -215,8 +216,11 @@ def _read_dicom_series(folder: Path, series_id: str | None, max_bytes: int) -> V
     if not ids:
         raise _fail(folder, "is a folder but holds no DICOM series")
     if series_id is None and len(ids) > 1:
-        raise _fail(folder, f"holds {len(ids)} DICOM series ({', '.join(ids)}); give a folder that holds "
-                    "one series (in Python, read_volume(..., series_id=) picks one)")
+        raise _fail(
+            folder,
+            f"holds {len(ids)} DICOM series ({', '.join(ids)}); give a folder that holds "
+            "one series (in Python, read_volume(..., series_id=) picks one)",
+        )
     if series_id is not None and series_id not in ids:
         raise _fail(folder, f"has no DICOM series {series_id!r}; found: {', '.join(ids)}")
     files = reader.GetGDCMSeriesFileNames(str(folder), series_id or ids[0])
@@ -233,8 +237,11 @@ def _read_dicom_series(folder: Path, series_id: str | None, max_bytes: int) -> V
     except RuntimeError as err:
         raise _fail(folder, f"unreadable DICOM series ({_itk_message(err)})") from err
     if image.HasMetaDataKey("ITK_non_uniform_sampling_deviation"):
-        logger.warning("%s: DICOM slices are unevenly spaced (missing slices?); the slice "
-                       "spacing is an average and the geometry may be wrong", folder)
+        logger.warning(
+            "%s: DICOM slices are unevenly spaced (missing slices?); the slice "
+            "spacing is an average and the geometry may be wrong",
+            folder,
+        )
     return _from_sitk(image, folder)
 
 
@@ -268,13 +275,13 @@ def _write_itk(tmp: Path, array: np.ndarray, affine: np.ndarray, spatial_dims: i
     sitk.WriteImage(image, str(tmp), True)
 
 
-
-
 # ----------------------------------------------------------------------------- other formats
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-_ANALYZE_NOTE = ("Analyze 7.5 header stores no orientation: assumed radiological LAS (x flipped, as SPM "
-                 "and nibabel do); check left and right")
+_ANALYZE_NOTE = (
+    "Analyze 7.5 header stores no orientation: assumed radiological LAS (x flipped, as SPM "
+    "and nibabel do); check left and right"
+)
 
 
 def read_file(path: Path, fmt: Format, max_bytes: int, fixes: list[str]) -> Volume:
@@ -346,15 +353,17 @@ def _read_dicom_file(path: Path, max_bytes: int) -> Volume:
         with quiet_itk():
             files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path.parent), series)
         if len(files) > 1:
-            logger.info("%s: one file of a %d-file DICOM series; reading the series from %s",
-                        path, len(files), path.parent)
+            logger.info(
+                "%s: one file of a %d-file DICOM series; reading the series from %s", path, len(files), path.parent
+            )
             return _read_dicom_series(path.parent, series, max_bytes)
     with quiet_itk():
         return _read_itk_file(path, max_bytes)
 
 
-def write_file(tmp: Path, out: Path, fmt: Format, array: np.ndarray, affine: np.ndarray, header: Any,
-               spatial_dims: int) -> None:
+def write_file(
+    tmp: Path, out: Path, fmt: Format, array: np.ndarray, affine: np.ndarray, header: Any, spatial_dims: int
+) -> None:
     """Write ``array`` to ``tmp`` (to be renamed to ``out``) with the writer ``fmt`` names."""
     if fmt.writer == "nifti":
         _write_nifti(tmp, array, affine, header)

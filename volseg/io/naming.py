@@ -45,18 +45,36 @@ _NOT_WRITTEN = (".nhdr", ".mhd", ".img")
 
 #: Files that hold no volume: suffix -> what they are (for a one-line refusal).
 NOT_VOLUMES = {
-    **dict.fromkeys((".dconn.nii", ".dtseries.nii", ".dscalar.nii", ".dlabel.nii", ".pconn.nii", ".ptseries.nii",
-                     ".pscalar.nii", ".pdconn.nii", ".dpconn.nii", ".dfan.nii", ".fibertemp.nii"),
-                    "a CIFTI-2 file (data on brain vertices and voxels, not a volume)"),
+    **dict.fromkeys(
+        (
+            ".dconn.nii",
+            ".dtseries.nii",
+            ".dscalar.nii",
+            ".dlabel.nii",
+            ".pconn.nii",
+            ".ptseries.nii",
+            ".pscalar.nii",
+            ".pdconn.nii",
+            ".dpconn.nii",
+            ".dfan.nii",
+            ".fibertemp.nii",
+        ),
+        "a CIFTI-2 file (data on brain vertices and voxels, not a volume)",
+    ),
     ".gii": "a GIFTI file (data on a surface mesh, not a volume)",
     **dict.fromkeys((".trk", ".tck", ".trx"), "a tractography streamlines file, not a volume"),
-    **dict.fromkeys((".pial", ".white", ".inflated", ".sphere", ".smoothwm", ".stl", ".obj", ".ply", ".vtp"),
-                    "a surface mesh, not a volume"),
+    **dict.fromkeys(
+        (".pial", ".white", ".inflated", ".sphere", ".smoothwm", ".stl", ".obj", ".ply", ".vtp"),
+        "a surface mesh, not a volume",
+    ),
     **dict.fromkeys((".curv", ".thickness", ".annot", ".label"), "FreeSurfer surface data, not a volume"),
-    **dict.fromkeys((".dcm.gz", ".nrrd.gz", ".mha.gz"), "a gzip-compressed file of a format read uncompressed; "
-                    "decompress it first (gunzip)"),
-    **dict.fromkeys((".txt", ".csv", ".tsv", ".json", ".yaml", ".yml", ".md", ".rst", ".bval", ".bvec"),
-                    "a text file, not a volume"),
+    **dict.fromkeys(
+        (".dcm.gz", ".nrrd.gz", ".mha.gz"),
+        "a gzip-compressed file of a format read uncompressed; decompress it first (gunzip)",
+    ),
+    **dict.fromkeys(
+        (".txt", ".csv", ".tsv", ".json", ".yaml", ".yml", ".md", ".rst", ".bval", ".bvec"), "a text file, not a volume"
+    ),
 }
 
 BY_SUFFIX = {suffix: fmt for fmt in FORMATS for suffix in fmt.suffixes}
@@ -67,8 +85,12 @@ _ALL = sorted((*BY_SUFFIX, *NOT_VOLUMES), key=len, reverse=True)  # longest firs
 #: ``<case>_0000``: nnU-Net channel files.
 CHANNEL_SUFFIX = re.compile(r"^(.+)_(\d{4})$")
 #: Side outputs of ``volseg predict`` beside ``<case><ext>``, and label files of a folder.
-SIDE_OUTPUTS = {"probabilities": "_probabilities{ext}", "uncertainty": "_uncertainty{ext}",
-                "stats": "_stats.json", "preview": "_preview.png"}
+SIDE_OUTPUTS = {
+    "probabilities": "_probabilities{ext}",
+    "uncertainty": "_uncertainty{ext}",
+    "stats": "_stats.json",
+    "preview": "_preview.png",
+}
 DERIVED = re.compile(r"_(seg|label|labels|mask|probabilities|uncertainty|preview)$")
 _REFERENCE_TAILS = ("_seg", "-seg")
 
@@ -87,7 +109,7 @@ def volume_suffix(name: str) -> str | None:
 def split_volume_name(name: str) -> tuple[str, str] | None:
     """``("stem", ".nii.gz")`` (suffix as written) for a readable volume file name, else None."""
     suffix = volume_suffix(name)
-    return (name[: -len(suffix)], name[-len(suffix):]) if suffix else None
+    return (name[: -len(suffix)], name[-len(suffix) :]) if suffix else None
 
 
 def format_of(name: str) -> Format | None:

@@ -40,8 +40,9 @@ class Volume:
             self.spatial_dims = 2 if self.array.ndim == 2 else 3
         sd = self.spatial_dims
         if sd not in (2, 3) or self.array.ndim not in (sd, sd + 1):
-            raise ShapeError(f"a {sd}D volume array needs {sd} or {sd + 1} (channels last) "
-                             f"axes, got shape {self.array.shape}")
+            raise ShapeError(
+                f"a {sd}D volume array needs {sd} or {sd + 1} (channels last) axes, got shape {self.array.shape}"
+            )
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -85,12 +86,18 @@ def _check_shape(path: Path, shape: tuple[int, ...], itemsize: int, max_bytes: i
         raise _fail(path, f"has {len(shape)} dimension(s) (shape {shape}); volseg reads 2D and 3D volumes")
     squeezed = shape[:3] + tuple(n for n in shape[3:] if n != 1)
     if len(squeezed) > 4:
-        raise _fail(path, f"has {len(squeezed)} non-singleton dimensions (shape {shape}); "
-                    "volseg reads 2D/3D volumes with at most one channel axis")
+        raise _fail(
+            path,
+            f"has {len(squeezed)} non-singleton dimensions (shape {shape}); "
+            "volseg reads 2D/3D volumes with at most one channel axis",
+        )
     nbytes = int(np.prod(squeezed, dtype=np.float64)) * itemsize
     if nbytes > max_bytes:
-        raise _fail(path, f"header claims shape {shape} ({nbytes / 1024**3:.1f} GiB in memory), "
-                    f"over the {max_bytes / 1024**3:.1f} GiB limit (max_bytes); corrupt header?")
+        raise _fail(
+            path,
+            f"header claims shape {shape} ({nbytes / 1024**3:.1f} GiB in memory), "
+            f"over the {max_bytes / 1024**3:.1f} GiB limit (max_bytes); corrupt header?",
+        )
     return squeezed
 
 

@@ -101,8 +101,7 @@ class SegmentationNetwork(nn.Module):
     def _check_rank(self, input_shape: Sequence[int]) -> None:
         if len(input_shape) != self.spatial_dims:
             raise ShapeError(
-                f"spatial shape {tuple(input_shape)} has {len(input_shape)} axes; "
-                f"this network is {self.spatial_dims}D"
+                f"spatial shape {tuple(input_shape)} has {len(input_shape)} axes; this network is {self.spatial_dims}D"
             )
 
     def check_input(self, x: torch.Tensor) -> None:

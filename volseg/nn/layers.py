@@ -72,12 +72,7 @@ def parse_spec(spec: LayerSpec, what: str) -> tuple[str, dict[str, Any]]:
         return "none", {}
     if isinstance(spec, str):
         return spec.lower(), {}
-    if (
-        isinstance(spec, Sequence)
-        and len(spec) == 2
-        and isinstance(spec[0], str)
-        and isinstance(spec[1], dict)
-    ):
+    if isinstance(spec, Sequence) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], dict):
         return spec[0].lower(), dict(spec[1])
     raise ConfigError(
         f"{what} spec {spec!r} is not valid; use a name such as 'relu' or a pair "
@@ -177,16 +172,12 @@ def expand_per_stage(
     else:
         raise ConfigError(f"{name}={value!r} is not valid; use an int or a list with one entry per stage")
     if len(items) != num_stages:
-        raise ConfigError(
-            f"{name}={list(value)!r} has {len(items)} entries; this network has {num_stages} stages"
-        )
+        raise ConfigError(f"{name}={list(value)!r} has {len(items)} entries; this network has {num_stages} stages")
     expanded = []
     for item in items:
         axes = (item,) * spatial_dims if isinstance(item, int) else tuple(item)
         if len(axes) != spatial_dims or not all(isinstance(a, int) and a >= 1 for a in axes):
-            raise ConfigError(
-                f"{name} entry {item!r} is not valid; use a positive int or {spatial_dims} positive ints"
-            )
+            raise ConfigError(f"{name} entry {item!r} is not valid; use a positive int or {spatial_dims} positive ints")
         expanded.append(axes)
     return expanded
 

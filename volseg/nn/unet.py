@@ -26,9 +26,7 @@ from volseg.nn.layers import LayerSpec, activation_slope, expand_per_stage, init
 DEFAULT_ACT: LayerSpec = ("leakyrelu", {"negative_slope": 0.01})
 
 
-def normalise_strides(
-    strides: int | Sequence[Any] | None, num_stages: int, spatial_dims: int
-) -> list[tuple[int, ...]]:
+def normalise_strides(strides: int | Sequence[Any] | None, num_stages: int, spatial_dims: int) -> list[tuple[int, ...]]:
     """Per-stage, per-axis strides; stage 0 always has stride 1.
 
     Accepts one entry per stage (nnU-Net style, the first all ones) or one per
@@ -194,9 +192,18 @@ class UNet(SegmentationNetwork):
 
         stages = zip(features, kernels, self.strides, stage_blocks)
         self.encoder = nn.ModuleList(
-            encoder_stage(spatial_dims, in_channels if stage == 0 else features[stage - 1], channels, stride=stride,
-                          downsample=downsample, block_type=encoder_type, num_blocks=blocks, kernel_size=kernel,
-                          num_convs=num_convs, **options)
+            encoder_stage(
+                spatial_dims,
+                in_channels if stage == 0 else features[stage - 1],
+                channels,
+                stride=stride,
+                downsample=downsample,
+                block_type=encoder_type,
+                num_blocks=blocks,
+                kernel_size=kernel,
+                num_convs=num_convs,
+                **options,
+            )
             for stage, (channels, kernel, stride, blocks) in enumerate(stages)
         )
 
@@ -210,8 +217,11 @@ class UNet(SegmentationNetwork):
             self.gates.append(
                 AttentionGate(spatial_dims, fine, coarse, stride=scale) if attention_gates else nn.Identity()
             )
-            self.decoder.append(decoder_type(spatial_dims, 2 * fine, fine, kernel_size=kernels[level],
-                                             num_convs=decoder_convs, **options))
+            self.decoder.append(
+                decoder_type(
+                    spatial_dims, 2 * fine, fine, kernel_size=kernels[level], num_convs=decoder_convs, **options
+                )
+            )
         conv = layer_class("conv", spatial_dims)
         # heads[0] is the main head; heads[k] reads decoder level k (deep supervision).
         self.heads = nn.ModuleList(conv(features[level], num_classes, 1) for level in range(num_stages - 1))
@@ -236,4 +246,3 @@ class UNet(SegmentationNetwork):
             if level == 0 or (self.training and self.deep_supervision):
                 outputs.append(self.heads[level](x))
         return self.select_outputs(outputs[::-1])
-

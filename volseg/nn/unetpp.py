@@ -62,8 +62,16 @@ class UNetPlusPlus(SegmentationNetwork):
         for level, channels in enumerate(features):
             previous = in_channels if level == 0 else features[level - 1]
             row = nn.ModuleList(
-                [encoder_stage(spatial_dims, previous, channels, stride=self.strides[level], downsample=downsample,
-                               **block_options)]
+                [
+                    encoder_stage(
+                        spatial_dims,
+                        previous,
+                        channels,
+                        stride=self.strides[level],
+                        downsample=downsample,
+                        **block_options,
+                    )
+                ]
             )
             for column in range(1, self.depth - level + 1):
                 row.append(ConvBlock(spatial_dims, (column + 1) * channels, channels, **block_options))

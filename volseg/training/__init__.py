@@ -32,8 +32,21 @@ if TYPE_CHECKING:
     )
 
 _TRAINER = "volseg.training.trainer"
-_LAZY = {name: _TRAINER for name in ("BEST", "CONFIG_FILE", "LAST", "SPLITS_FILE", "Trainer", "TrainResult",
-                                       "build_network", "output_channels", "resolve_precision", "train",
-                                       "untrained_parameters")}
+_LAZY = {
+    name: _TRAINER
+    for name in (
+        "BEST",
+        "CONFIG_FILE",
+        "LAST",
+        "SPLITS_FILE",
+        "Trainer",
+        "TrainResult",
+        "build_network",
+        "output_channels",
+        "resolve_precision",
+        "train",
+        "untrained_parameters",
+    )
+}
 __all__ = list(_LAZY)
 __getattr__ = lazy_attributes(__name__, _LAZY)

@@ -61,8 +61,9 @@ def resume_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
     return load_config(configs[0], overrides)
 
 
-def train_all_folds(config: Config, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-                    **options: Any) -> list[Any]:
+def train_all_folds(
+    config: Config, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False, **options: Any
+) -> list[Any]:
     """Train fold 0 .. ``data.num_folds - 1`` of ``config`` into ``run_dir/fold_<k>``; returns
     each fold's :class:`volseg.training.TrainResult` (None for folds that had finished)."""
     from volseg.training.preflight import check_training_config

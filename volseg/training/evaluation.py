@@ -57,8 +57,9 @@ def fold_runs(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     if (run_dir / "config.yaml").is_file():
         return [run_dir]
-    folds = sorted((p for p in run_dir.glob("fold_*") if (p / "config.yaml").is_file()),
-                   key=lambda p: (len(p.name), p.name))
+    folds = sorted(
+        (p for p in run_dir.glob("fold_*") if (p / "config.yaml").is_file()), key=lambda p: (len(p.name), p.name)
+    )
     if not folds:
         raise InputFileError(f"{run_dir} is not a volseg run folder (no config.yaml) and holds no fold_<k> run folders")
     return folds
@@ -89,8 +90,10 @@ def _check_output(output_dir: Path, settings: dict[str, Any], overwrite: bool) -
     """Refuse to mix predictions of other settings into ``output_dir`` unless ``overwrite``."""
     previous = output_dir / SETTINGS_FILE
     if previous.is_file() and not overwrite and json.loads(previous.read_text()) != settings:
-        raise OutputExistsError(f"{output_dir} holds an evaluation with other settings (checkpoint or mirroring); "
-                                "use --overwrite to replace it or -o for another folder")
+        raise OutputExistsError(
+            f"{output_dir} holds an evaluation with other settings (checkpoint or mirroring); "
+            "use --overwrite to replace it or -o for another folder"
+        )
     if overwrite:
         for stale in (output_dir / "predictions").glob("*"):
             stale.unlink()
@@ -141,10 +144,12 @@ def evaluate_run(
             labels_path = predictions / f"{case.case_id}.nii.gz"
             if not labels_path.exists():
                 if predictor is None:
-                    predictor = Predictor(model_from_checkpoint(stored), config, device=device, tta=mirroring,
-                                          label_space=space)
-                segment_case(predictor, PredictionInput(case.case_id, case.images), labels_path,
-                             OutputOptions(overwrite=True))
+                    predictor = Predictor(
+                        model_from_checkpoint(stored), config, device=device, tta=mirroring, label_space=space
+                    )
+                segment_case(
+                    predictor, PredictionInput(case.case_id, case.images), labels_path, OutputOptions(overwrite=True)
+                )
             # scored as trained: the regions, or one structure per foreground label under its name
             metrics = evaluate_files(labels_path, case.label, regions=space.structures())
             rows.append(CaseResult(case.case_id, metrics, labels_path, case.label))
@@ -188,8 +193,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = []
     for name, per_metric in summary["summary"].items():
         dice, hd95 = per_metric["dice"], per_metric["hd95"]
-        lines.append(f"{name:>12}: Dice {dice['mean']:.4f} (95% CI {dice['ci95_low']:.4f}-{dice['ci95_high']:.4f}, "
-                     f"std {dice['std']:.4f}), HD95 {hd95['mean']:.2f} mm")
+        lines.append(
+            f"{name:>12}: Dice {dice['mean']:.4f} (95% CI {dice['ci95_low']:.4f}-{dice['ci95_high']:.4f}, "
+            f"std {dice['std']:.4f}), HD95 {hd95['mean']:.2f} mm"
+        )
     mirrored = "with" if summary["mirroring"] else "without"
     lines.append(f"{summary['cases']} held-out case(s), {summary['checkpoint']}, {mirrored} mirroring")
     return "\n".join(lines)

@@ -28,8 +28,10 @@ def output_channels(config: Config) -> int:
 def check_training_config(config: Config) -> None:
     """Raise ``ConfigError`` naming the key for anything that would stop training later."""
     if not config.data.regions and not any(value != 0 for value in config.data.labels):
-        raise ConfigError(f"data.labels={dict(config.data.labels)} has no foreground label; give every label value "
-                          "and its name, e.g. {0: background, 1: tumour} (volseg plan writes them)")
+        raise ConfigError(
+            f"data.labels={dict(config.data.labels)} has no foreground label; give every label value "
+            "and its name, e.g. {0: background, 1: tumour} (volseg plan writes them)"
+        )
     space = LabelSpace.from_config(config)
     space.check()
     loss_from_config(config.loss, activation=space.activation, num_outputs=space.num_outputs)
@@ -37,13 +39,22 @@ def check_training_config(config: Config) -> None:
     inference_transforms(config.preprocessing)
     with torch.device("meta"):
         try:
-            network = create_model(config.network.name, config.network.spatial_dims, max(len(config.data.channels), 1),
-                                   space.num_outputs, **config.network.options)
+            network = create_model(
+                config.network.name,
+                config.network.spatial_dims,
+                max(len(config.data.channels), 1),
+                space.num_outputs,
+                **config.network.options,
+            )
         except TypeError as error:  # an unknown or missing constructor argument
             raise ConfigError(f"network.options do not fit network {config.network.name!r}: {error}") from None
-    for key, shape in (("sampling.patch_size", config.sampling.patch_size),
-                       ("inference.roi_size", config.inference.roi_size)):
+    for key, shape in (
+        ("sampling.patch_size", config.sampling.patch_size),
+        ("inference.roi_size", config.inference.roi_size),
+    ):
         if shape is not None and not network.is_valid_input_shape(shape):
             nearest = network.nearest_valid_shape(shape)
-            raise ConfigError(f"{key}={list(shape)} cannot pass through the network "
-                              f"(its strides need sizes like {list(nearest) if nearest else 'larger ones'})")
+            raise ConfigError(
+                f"{key}={list(shape)} cannot pass through the network "
+                f"(its strides need sizes like {list(nearest) if nearest else 'larger ones'})"
+            )

@@ -75,7 +75,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if device.type == "cpu":
         logger.warning(
             "training.precision=%s on the CPU: autocast is usually slower than fp32 on CPUs without "
-            "bf16/fp16 instructions", precision
+            "bf16/fp16 instructions",
+            precision,
         )
     return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
@@ -149,9 +150,12 @@ class Trainer:
         train_items, self.val_items = self._split_cases()
         self.num_workers = resolve_num_workers(config.data.num_workers, ranks_on_node(self.context))
         if config.data.cache == "memory" and self.context.enabled and self.context.is_main:
-            logger.warning("data.cache=memory keeps a copy of the preprocessed training cases in each of the %d "
-                           "processes; where host memory is short, data.cache=disk keeps one copy on disk, read by "
-                           "all of them", self.context.world_size)
+            logger.warning(
+                "data.cache=memory keeps a copy of the preprocessed training cases in each of the %d "
+                "processes; where host memory is short, data.cache=disk keeps one copy on disk, read by "
+                "all of them",
+                self.context.world_size,
+            )
         self.train_dataset = make_dataset(
             train_items, training_transforms(config), config.data.cache, self._cache_dir(), self.num_workers
         )
@@ -164,8 +168,9 @@ class Trainer:
         in_channels = len(config.data.channels) or 1
         self.network = build_network(config, in_channels).to(self.context.device)
         self.label_space = LabelSpace.from_config(config)
-        self.loss = loss_from_config(config.loss, activation=self.label_space.activation,
-                                     num_outputs=self.label_space.num_outputs)
+        self.loss = loss_from_config(
+            config.loss, activation=self.label_space.activation, num_outputs=self.label_space.num_outputs
+        )
         # Frozen, so DDP waits for no gradient the loss never sends; they stay in the state dict.
         untrained = untrained_parameters(config, in_channels, self.loss)
         for name in untrained:
@@ -241,8 +246,12 @@ class Trainer:
         config = self.config
         if self.train_loader is None:
             self.train_loader = training_loader(
-                self.train_dataset, batch_size=config.sampling.batch_size, steps=config.training.iterations_per_epoch,
-                num_workers=self.num_workers, seed=config.training.seed, rank=self.context.rank,
+                self.train_dataset,
+                batch_size=config.sampling.batch_size,
+                steps=config.training.iterations_per_epoch,
+                num_workers=self.num_workers,
+                seed=config.training.seed,
+                rank=self.context.rank,
                 pin_memory=self.context.device.type == "cuda",
             )
         self.train_loader.sampler.set_epoch(epoch)
@@ -339,8 +348,13 @@ class Trainer:
         if self.context.enabled:
             torch.distributed.all_reduce(mean_loss)
             mean_loss /= self.context.world_size
-        return {"train_loss": float(mean_loss.item()), "skipped_steps": skipped, "lr": lr, "epoch_seconds": elapsed,
-                "data_wait": waited / elapsed}
+        return {
+            "train_loss": float(mean_loss.item()),
+            "skipped_steps": skipped,
+            "lr": lr,
+            "epoch_seconds": elapsed,
+            "data_wait": waited / elapsed,
+        }
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor, *maps: torch.Tensor) -> tuple[float, bool]:
         """One optimiser step on images (N, C, *S) and labels (N, 1, *S) or region maps (N, K, *S);
@@ -388,8 +402,15 @@ class Trainer:
                 f"(training.max_nonfinite_steps={limit}); lower optimizer.lr, use bf16 or fp32, or check the data"
             )
         if self.context.is_main:
-            logger.warning("epoch %d, step %d: the training loss is not finite on some rank (%s here); step skipped "
-                           "(%d in a row, giving up at %d)", epoch + 1, step + 1, loss, self.nonfinite_streak, limit)
+            logger.warning(
+                "epoch %d, step %d: the training loss is not finite on some rank (%s here); step skipped "
+                "(%d in a row, giving up at %d)",
+                epoch + 1,
+                step + 1,
+                loss,
+                self.nonfinite_streak,
+                limit,
+            )
 
     def fit(self, until_epoch: int | None = None) -> TrainResult:
         """Train to ``training.epochs`` (or early stopping); returns the run's summary.
