@@ -15,6 +15,7 @@ import volseg.io
 from volseg.config import Config, PreprocessingConfig, config_from_dict
 from volseg.data import transforms as T
 from volseg.data.augment import RandElastic2Dd
+from volseg.data.label_space import LabelSpace
 from volseg.errors import ConfigError, InputFileError, ShapeError
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -83,7 +84,7 @@ def pre(**values) -> PreprocessingConfig:
 
 
 def test_orientation_flips_lps_to_ras_exactly(case: dict) -> None:
-    out = T.preprocessing_transforms(pre(), with_label=True, labels=BRATS_LABELS)(case)
+    out = T.preprocessing_transforms(pre(), with_label=True, label_space=LabelSpace(BRATS_LABELS))(case)
     image, label = case["arrays"]
     assert out["image"].shape == (2, *SHAPE)
     assert nib.aff2axcodes(out["image"].affine.numpy()) == ("R", "A", "S")
@@ -98,7 +99,9 @@ def test_spacing_gives_ras_affine_with_target_spacing(tmp_path: Path) -> None:
         "image": save(tmp_path / "a.nii.gz", image, lps_affine((1.0, 1.5, 2.0))),
         "label": save(tmp_path / "b.nii.gz", label, lps_affine((1.0, 1.5, 2.0))),
     }
-    out = T.preprocessing_transforms(pre(spacing=[2.0, 1.0, 1.0]), with_label=True, labels=BRATS_LABELS)(item)
+    out = T.preprocessing_transforms(
+        pre(spacing=[2.0, 1.0, 1.0]), with_label=True, label_space=LabelSpace(BRATS_LABELS)
+    )(item)
     affine = out["image"].affine.numpy()
     np.testing.assert_allclose(affine[:3, :3], np.diag([2.0, 1.0, 1.0]), atol=1e-6)
     # MONAI keeps the span of the voxel centres: (n - 1) * s / t + 1 voxels, rounded
@@ -135,7 +138,9 @@ def test_crop_foreground_to_nonzero_box(tmp_path: Path) -> None:
         "image": save(tmp_path / "i.nii.gz", image, affine),
         "label": save(tmp_path / "l.nii.gz", label, affine),
     }
-    out = T.preprocessing_transforms(pre(crop_foreground=True), with_label=True, labels={0: "bg", 1: "fg"})(item)
+    out = T.preprocessing_transforms(
+        pre(crop_foreground=True), with_label=True, label_space=LabelSpace({0: "bg", 1: "fg"})
+    )(item)
     assert out["image"].shape == (1, 12, 15, 10) == out["label"].shape
     np.testing.assert_allclose(out["image"].affine.numpy()[:3, 3], [3.0, 5.0, 2.0])
     assert int(out["label"].sum()) == int(label.sum())
@@ -149,7 +154,7 @@ def test_all_zero_image_is_kept_whole_and_inverts(tmp_path: Path) -> None:
 
 
 def test_brats_label_values_map_to_consecutive_classes(case: dict) -> None:
-    out = T.preprocessing_transforms(pre(), with_label=True, labels=BRATS_LABELS)(case)
+    out = T.preprocessing_transforms(pre(), with_label=True, label_space=LabelSpace(BRATS_LABELS))(case)
     expected = np.array([0, 1, 2, 0, 3])[case["arrays"][1][::-1, ::-1, :]]
     assert out["label"].dtype == torch.uint8
     np.testing.assert_array_equal(out["label"][0].numpy(), expected)
@@ -162,13 +167,13 @@ def test_unknown_label_value_names_case_and_values(case: dict, tmp_path: Path) -
     label[0, 0, 0] = 3
     case["label"] = save(tmp_path / "bad.nii.gz", label, lps_affine())
     with pytest.raises(InputFileError, match=r"case1.*values 3 .*allowed: 0, 1, 2, 4"):
-        T.preprocessing_transforms(pre(), with_label=True, labels=BRATS_LABELS)(case)
+        T.preprocessing_transforms(pre(), with_label=True, label_space=LabelSpace(BRATS_LABELS))(case)
 
 
 def test_label_on_another_grid_is_a_shape_error(case: dict, tmp_path: Path) -> None:
     case["label"] = save(tmp_path / "small.nii.gz", np.zeros((20, 24, 15), np.uint8), lps_affine())
     with pytest.raises(ShapeError, match="different shapes"):
-        T.preprocessing_transforms(pre(), with_label=True, labels=BRATS_LABELS)(case)
+        T.preprocessing_transforms(pre(), with_label=True, label_space=LabelSpace(BRATS_LABELS))(case)
 
 
 # ----------------------------------------------------------------------------- regions
@@ -199,7 +204,7 @@ def test_inconsistent_regions_resolve_to_the_smallest_region() -> None:
 
 
 def test_preprocessing_with_regions_gives_one_channel_each(case: dict) -> None:
-    out = T.preprocessing_transforms(pre(), with_label=True, regions=BRATS_REGIONS, labels=BRATS_LABELS)(case)
+    out = T.preprocessing_transforms(pre(), with_label=True, label_space=LabelSpace(BRATS_LABELS, BRATS_REGIONS))(case)
     raw = case["arrays"][1][::-1, ::-1, :]
     assert out["label"].shape == (3, *SHAPE)
     for channel, values in zip(out["label"].numpy(), BRATS_REGIONS.values()):
@@ -338,7 +343,9 @@ def test_inversion_returns_label_to_lps_file_grid_exactly(case: dict) -> None:
     data = T.inference_transforms(settings)({"image": case["image"], "case_id": "case1"})
     assert data["image"].shape == (2, 16, 18, 14)  # cropped
     # the "prediction": the label pushed through the same preprocessing, as indices and one-hot
-    label = T.preprocessing_transforms(settings, with_label=True, labels=BRATS_LABELS)(case)["label"].as_tensor()
+    label = T.preprocessing_transforms(settings, with_label=True, label_space=LabelSpace(BRATS_LABELS))(case)[
+        "label"
+    ].as_tensor()
     assert label.shape[1:] == data["image"].shape[1:]
     back = T.invert_to_input(label[0], data)
     original = nib.load(case["label"])

@@ -237,16 +237,10 @@ def _check_predict_options(args: argparse.Namespace) -> None:
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    from volseg.metrics import (
-        BRATS_REGIONS_2021,
-        BRATS_REGIONS_2023,
-        evaluate_files,
-        evaluate_folders,
-        summarise,
-        write_report_csv,
-    )
+    from volseg.data.label_space import BRATS_REGIONS
+    from volseg.metrics import evaluate_files, evaluate_folders, summarise, write_report_csv
 
-    regions = {"brats": None, "brats2021": BRATS_REGIONS_2021, "brats2023": BRATS_REGIONS_2023}
+    regions = {"brats": None, **BRATS_REGIONS}
     labels = _parse_labels(args.labels) if args.labels else None
     region_map = None
     if args.regions:

@@ -32,6 +32,8 @@ _MAX_REGIONS = 16  # regions_to_labels builds a 2**R lookup table
 
 BRATS_REGIONS_2021: dict[str, list[int]] = {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}
 BRATS_REGIONS_2023: dict[str, list[int]] = {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
+#: The regions of each BraTS label convention.
+BRATS_REGIONS: dict[str, dict[str, list[int]]] = {"brats2021": BRATS_REGIONS_2021, "brats2023": BRATS_REGIONS_2023}
 #: The enhancing-tumour value of each BraTS label convention.
 BRATS_ENHANCING = {"brats2021": 4, "brats2023": 3}
 
@@ -269,6 +271,20 @@ class LabelSpace:
     def activate(self, logits: torch.Tensor, dim: int = 0) -> torch.Tensor:
         """Logits ``(K, *S)`` (outputs along ``dim``) -> probabilities: sigmoid per region or softmax."""
         return torch.sigmoid(logits) if self.regions else torch.softmax(logits, dim=dim)
+
+    def masks_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, K, *S)`` -> binary masks ``(N, K, *S)`` float: each region's probability
+        > 0.5 (logit > 0), or the one-hot argmax over the classes."""
+        if self.regions:
+            return (logits > 0).float()
+        return torch.nn.functional.one_hot(logits.argmax(dim=1), logits.shape[1]).movedim(-1, 1).float()
+
+    def target_masks(self, target: torch.Tensor) -> torch.Tensor:
+        """Training targets -> binary masks ``(N, K, *S)`` float: region masks ``(N, R, *S)`` as
+        they are, class indices ``(N, 1, *S)`` one-hot over :attr:`num_outputs` classes."""
+        if self.regions:
+            return (target > 0.5).float()
+        return torch.nn.functional.one_hot(target[:, 0].long(), self.num_outputs).movedim(-1, 1).float()
 
     def decode(self, outputs: np.ndarray) -> np.ndarray:
         """A label map ``(*S)`` of label values from region masks or probabilities ``(R, *S)``,

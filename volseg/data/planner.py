@@ -28,6 +28,7 @@ import torch
 from volseg.config import Config, config_from_dict
 from volseg.data.datasets import find_cases
 from volseg.data.fingerprint import DatasetFingerprint, fingerprint_dataset
+from volseg.data.label_space import BRATS_REGIONS
 from volseg.errors import ConfigError
 from volseg.nn import create_model
 
@@ -43,10 +44,6 @@ MAX_DATASET_FRACTION = 0.05
 # Stored activations per feature voxel per stage, encoder and decoder together (two
 # convolutions with norm and activation outputs, the concatenated skip and the up-sampling).
 ACTIVATIONS_PER_FEATURE_VOXEL = 14
-BRATS_REGIONS = {
-    "brats2021": {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]},
-    "brats2023": {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]},
-}
 
 
 @dataclass
@@ -219,7 +216,8 @@ def _plan_labels(fingerprint: DatasetFingerprint) -> tuple[dict[int, str], dict[
             logger.info("label value %s is not named by the dataset; calling it label_%s", value, value)
             labels[value] = f"label_{value}"
     labels.setdefault(0, "background")
-    return dict(sorted(labels.items())), BRATS_REGIONS.get(fingerprint.layout)
+    regions = BRATS_REGIONS.get(fingerprint.layout)  # BraTS layouts are named by their label convention
+    return dict(sorted(labels.items())), {k: list(v) for k, v in regions.items()} if regions else None
 
 
 def _ct_statistics(fingerprint: DatasetFingerprint) -> dict[str, object]:

@@ -44,12 +44,12 @@ from monai.utils import TraceKeys
 from volseg import io as vio
 from volseg.config import Config, PreprocessingConfig
 from volseg.data.augment import augmentation_transforms, describe, patch_sampler
+from volseg.data.label_space import LabelSpace
 from volseg.data.labels import (
     LabelsToRegionsd,
     MapLabelsd,
     case_name,
     class_indices_to_labels,
-    label_spec,
     regions_to_labels,
 )
 from volseg.data.weights import border_weight_map, instances_from_labels
@@ -232,16 +232,17 @@ def preprocessing_transforms(
     preprocessing: PreprocessingConfig,
     *,
     with_label: bool,
-    regions: Mapping[str, Sequence[int]] | None = None,
-    labels: Mapping[int, str] | None = None,
+    label_space: LabelSpace | None = None,
 ) -> Pipeline:
     """Read, reorient, crop to the non-zero box, resample, normalise; map labels (classes or regions).
 
     Output: ``image`` ``(C, *S)`` float32 MetaTensor; with ``with_label``, ``label`` ``(1, *S)`` uint8 class
-    indices (``labels`` values in order; raw values when ``labels`` and ``regions`` are None) or
-    ``(R, *S)`` uint8 masks of ``regions`` (name -> label values).
+    indices (the label space's values in order; raw values without a label space) or ``(R, *S)``
+    uint8 masks of its regions.
     """
-    values, region_index = label_spec(labels, regions) if with_label else (None, None)
+    values, region_index = None, None
+    if with_label and label_space is not None:
+        values, region_index = label_space.values, label_space.class_regions
     steps = _preprocessing_steps(preprocessing, with_label=with_label, values=values, regions=region_index)
     return _pipeline(
         steps, {"pre": vars(preprocessing), "label": with_label, "values": values, "regions": region_index}
@@ -250,9 +251,7 @@ def preprocessing_transforms(
 
 def validation_transforms(config: Config) -> Pipeline:
     """Whole preprocessed volumes with their labels (the trainer windows over them)."""
-    return preprocessing_transforms(
-        config.preprocessing, with_label=True, regions=config.data.regions, labels=config.data.labels
-    )
+    return preprocessing_transforms(config.preprocessing, with_label=True, label_space=LabelSpace.from_config(config))
 
 
 def inference_transforms(preprocessing: PreprocessingConfig) -> Pipeline:
@@ -274,8 +273,8 @@ def training_transforms(config: Config) -> Pipeline:
     patch = [int(p) for p in config.sampling.patch_size]
     if len(patch) != dims or min(patch) < 1:
         raise ConfigError(f"sampling.patch_size={patch} is not valid; give {dims} positive values")
-    values, regions = label_spec(config.data.labels or {}, config.data.regions)
-    values = values or [0]  # not reached: _label_spec rejects empty labels
+    space = LabelSpace.from_config(config)
+    values, regions = space.values, space.class_regions
     roi = patch + [1] if dims == 2 else patch
     steps = _preprocessing_steps(config.preprocessing, with_label=True, values=values, regions=None)
     weighted = config.loss.name == "weighted_ce"

@@ -16,21 +16,6 @@ from volseg.training.distributed import DistributedContext, all_reduce_sum
 _AUTOCAST_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
-def logits_to_masks(logits: torch.Tensor, regions: bool) -> torch.Tensor:
-    """(N, K, *S) logits to (N, K, *S) binary masks: sigmoid > 0.5 per region, or one-hot argmax."""
-    if regions:
-        return (logits > 0).float()
-    indices = logits.argmax(dim=1)
-    return torch.nn.functional.one_hot(indices, logits.shape[1]).movedim(-1, 1).float()
-
-
-def target_masks(label: torch.Tensor, num_outputs: int, regions: bool) -> torch.Tensor:
-    """(N, 1, *S) class indices or (N, R, *S) regions to (N, K, *S) binary masks."""
-    if regions:
-        return (label > 0.5).float()
-    return torch.nn.functional.one_hot(label[:, 0].long(), num_outputs).movedim(-1, 1).float()
-
-
 def structure_names(config: Config) -> list[str]:
     """Names of the validated structures: the regions, or the labels without background."""
     space = LabelSpace.from_config(config)
@@ -49,7 +34,7 @@ def validate(
     A structure empty in both the reference and the prediction of a case counts as Dice 1;
     empty in only one of them as 0.
     """
-    regions = LabelSpace.from_config(config).activation == "sigmoid"
+    space = LabelSpace.from_config(config)
     names = structure_names(config)
     roi = config.inference.roi_size or config.sampling.patch_size
     totals = torch.zeros(len(names), dtype=torch.float64)
@@ -68,10 +53,10 @@ def validate(
             output_device="auto",  # on the GPU when the logits fit there: no host copy per window batch
             autocast=_AUTOCAST_NAMES.get(autocast_dtype),
         )
-        predicted = logits_to_masks(logits, regions)
+        predicted = space.masks_from_logits(logits)
         label = torch.as_tensor(item["label"]).unsqueeze(0).to(logits.device)
-        reference = target_masks(label, logits.shape[1], regions)
-        if not regions:
+        reference = space.target_masks(label)
+        if not space.regions:  # background is not a validated structure
             predicted, reference = predicted[:, 1:], reference[:, 1:]
         dice = compute_dice(predicted, reference, include_background=True, ignore_empty=False)[0]
         both_empty = (predicted.sum(dim=tuple(range(2, predicted.ndim))) == 0)[0] & (
