@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from volseg import export as export_module
+from volseg.export import traced as export_module
 from volseg.checkpoint import build_checkpoint, inference_only
 from volseg.config import config_from_dict
 from volseg.errors import CheckpointError, ConfigError, OutputExistsError, ShapeError
@@ -187,7 +187,7 @@ def test_spatial_axes_stay_fixed_when_the_trace_bakes_in_the_size(tmp_path, monk
 def test_onnx_export_without_onnxruntime_picks_axes_from_the_trace(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes "import onnxruntime" fail
     _, checkpoint = make_checkpoint()
-    with caplog.at_level(logging.WARNING, logger="volseg.export"):
+    with caplog.at_level(logging.WARNING, logger="volseg.export.traced"):
         path, json_path = export_model(checkpoint, tmp_path, fmt="onnx")
     assert "onnxruntime is not installed" in caplog.text
     assert path.stat().st_size > 1000
