@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
-from volseg.export import traced as export_module
 from volseg.checkpoint import build_checkpoint, inference_only
 from volseg.config import config_from_dict
 from volseg.errors import CheckpointError, ConfigError, OutputExistsError, ShapeError
 from volseg.export import describe_checkpoint, export_model, format_description
+from volseg.export import traced as export_module
 from volseg.nn import SegmentationNetwork, create_model
 from volseg.nn.layers import count_parameters
 

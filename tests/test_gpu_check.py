@@ -16,7 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
 def gpu_check():
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up there
+    sys.modules["gpu_check"] = module  # as an import would; the rows come from gpu_check_rows beside it
     spec.loader.exec_module(module)
     yield module
     sys.modules.pop("gpu_check", None)
