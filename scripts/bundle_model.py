@@ -3,9 +3,11 @@
     python scripts/bundle_model.py runs/hippocampus/fold_0 --name hippocampus --sample hippocampus_XXX
     python scripts/bundle_model.py runs/brats_cpu/fold_0 --name brats --no-sample
 
-Writes ``volseg/models/NAME.pt`` (inference only, fp16 weights unless --fp32) and copies one
-case that the run held out for validation (image and label) into ``volseg/models/NAME_sample/``
-with the dataset's attribution, so that the sample is never a case the model trained on.
+Writes ``volseg/models/NAME.pt`` (inference only, fp16 weights unless --fp32, with the training
+fingerprint: the run's own, or measured on its fold's training cases when the checkpoint predates
+it) and copies one case that the run held out for validation (image and label) into
+``volseg/models/NAME_sample/`` with the dataset's attribution, so that the sample is never a case
+the model trained on.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from volseg.checkpoint import checkpoint_config, inference_only, load_checkpoint, save_checkpoint
 from volseg.data.datasets import find_cases
 from volseg.data.splits import load_folds, split_for_fold
+from volseg.data.training_fingerprint import fingerprint_training_cases
 
 PACKAGE_MODELS = Path(__file__).resolve().parents[1] / "volseg" / "models"
 
@@ -47,6 +50,8 @@ def main() -> None:
         )
     slim = inference_only(checkpoint, half=not args.fp32)
     slim["metrics"] = {**checkpoint.get("metrics", {}), "bundled_from": str(args.run_dir / args.checkpoint)}
+    if "fingerprint" not in slim:  # written before runs recorded it
+        slim["fingerprint"] = fingerprint_training_cases(config, splits=args.run_dir / "splits.json").to_dict()
     target = save_checkpoint(slim, PACKAGE_MODELS / f"{args.name}.pt")
     if args.no_sample:
         print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB), no sample case")

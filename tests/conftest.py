@@ -100,14 +100,23 @@ def _rotation_z(degrees: float) -> np.ndarray:
     return np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]])
 
 
-def _write_dicom_series(folder: Path, arr_zyx: np.ndarray, series_uid: str) -> sitk.Image:
-    """Write one slice file per z with position/orientation tags; return the 3D image."""
+def _write_dicom_series(
+    folder: Path,
+    arr_zyx: np.ndarray,
+    series_uid: str,
+    *,
+    direction: np.ndarray | None = None,
+    spacing: tuple[float, float, float] = (0.7, 0.8, 2.5),
+) -> sitk.Image:
+    """Write one slice file per z with position/orientation tags; return the 3D image.
+
+    ``direction`` (3x3, LPS columns; default 15 degrees about z): a third column against the
+    normal of the first two stores the slices in reverse order."""
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.GetImageFromArray(arr_zyx)
-    image.SetSpacing((0.7, 0.8, 2.5))
+    image.SetSpacing(spacing)
     image.SetOrigin((10.0, -20.0, 30.0))
-    direction = np.eye(3)
-    direction[:, :3] = _rotation_z(15.0)
+    direction = _rotation_z(15.0) if direction is None else np.asarray(direction, dtype=float)
     image.SetDirection(direction.ravel().tolist())
     rows = "\\".join(f"{v:.10f}" for v in list(direction[:, 0]) + list(direction[:, 1]))
     writer = sitk.ImageFileWriter()
@@ -128,6 +137,7 @@ def _write_slices(writer: sitk.ImageFileWriter, image: sitk.Image, folder: Path,
             "0008|0060": "CT",
             "0020|000d": series_uid + ".0",
             "0020|000e": series_uid,
+            "0020|0052": series_uid + ".9",  # frame of reference: DICOM-SEG needs it
             "0020|0037": rows,
             "0020|0032": "\\".join(f"{v:.10f}" for v in position),
             "0020|0013": str(k + 1),
@@ -139,5 +149,6 @@ def _write_slices(writer: sitk.ImageFileWriter, image: sitk.Image, folder: Path,
 
 @pytest.fixture
 def write_dicom_series():
-    """``write_dicom_series(folder, array_zyx, series_uid)`` -> the SimpleITK image (oblique, 0.7 x 0.8 x 2.5 mm)."""
+    """``write_dicom_series(folder, array_zyx, series_uid, direction=None, spacing=(0.7, 0.8, 2.5))`` -> the
+    SimpleITK image (default oblique: 15 degrees about z)."""
     return _write_dicom_series

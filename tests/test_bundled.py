@@ -51,7 +51,12 @@ def test_the_demo_command(tmp_path, capsys):
         == 0
     )
     stem = image.name.removesuffix(".nii.gz")
-    assert {p.name for p in tmp_path.iterdir()} == {f"{stem}.nii.gz", f"{stem}_stats.json", f"{stem}_preview.png"}
+    tables = {f"{stem}_labels.txt", f"{stem}.ctbl"}  # label names and colours for ITK-SNAP and 3D Slicer
+    assert {p.name for p in tmp_path.iterdir()} == {
+        f"{stem}.nii.gz",
+        f"{stem}_stats.json",
+        f"{stem}_preview.png",
+    } | tables
     out = capsys.readouterr().out
     assert "Anterior" in out and "Posterior" in out
 

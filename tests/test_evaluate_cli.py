@@ -84,3 +84,17 @@ def test_bad_arguments(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "a.nii.gz"), str(tmp_path), "--quiet"]) == 2
     assert main(["evaluate", str(tmp_path / "a.nii.gz"), str(tmp_path / "a.nii.gz"), "--labels", "x"]) == 2
     assert "--labels 'x' is not valid" in capsys.readouterr().err
+
+
+def test_a_prediction_folders_side_outputs_are_not_cases(tmp_path, capsys):
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    pred.mkdir(), ref.mkdir()
+    label = np.zeros((6, 6, 6), dtype=np.uint8)
+    label[1:4, 1:4, 1:4] = 1
+    nib.save(nib.Nifti1Image(label, np.eye(4)), str(ref / "a_seg.nii.gz"))
+    nib.save(nib.Nifti1Image(label, np.eye(4)), str(pred / "a.nii.gz"))
+    for side in ("a_probabilities.nii.gz", "a_uncertainty.nii.gz"):  # what --save-probabilities/--uncertainty add
+        nib.save(nib.Nifti1Image(np.zeros((6, 6, 6, 2), np.float32), np.eye(4)), str(pred / side))
+    assert main(["evaluate", str(pred), str(ref), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1 case(s)") and "1.0000 ± 0.0000" in out

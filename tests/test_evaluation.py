@@ -140,7 +140,8 @@ def test_evaluate_run_scores_each_held_out_case_once(tmp_path, dataset):
     assert all(0 < entry["seconds"] < 300 for entry in summary["trained"].values())
     dice = summary["summary"]["outer"]["dice"]
     assert dice["ci95_low"] <= dice["mean"] <= dice["ci95_high"]
-    assert sorted(p.name for p in (result.output_dir / "predictions").iterdir()) == [f"{c}.nii.gz" for c in cases]
+    predictions = sorted(p.name for p in (result.output_dir / "predictions").glob("*.nii.gz"))
+    assert predictions == [f"{c}.nii.gz" for c in cases]
     with pytest.raises(OutputExistsError, match="other settings"):  # mirroring changed: not mixed in
         evaluate_run(tmp_path / "cv", mirroring=True)
 

@@ -165,7 +165,9 @@ def test_cli_predict_writes_every_output(tmp_path, capsys):
     assert main(argv) == 0
     names = sorted(p.name for p in out.parent.iterdir())
     assert names == [
+        "seg.ctbl",  # label tables for 3D Slicer and ITK-SNAP
         "seg.nii.gz",
+        "seg_labels.txt",
         "seg_preview.png",
         "seg_probabilities.nii.gz",
         "seg_stats.json",

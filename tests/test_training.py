@@ -119,6 +119,29 @@ def test_a_finished_run_is_not_overwritten_by_accident(tmp_path, dataset):
     assert train(config, tmp_path / "run", overwrite=True).epochs_run == 1
 
 
+def test_checkpoints_record_the_training_fingerprint(tmp_path, dataset, monkeypatch):
+    from volseg.inference.predictor import Predictor
+    from volseg.io import read_volume
+
+    config = tiny_config(dataset, training={"epochs": 2, "iterations_per_epoch": 1})
+    train(config, tmp_path / "run", until_epoch=1)
+    fingerprint = load_checkpoint(tmp_path / "run" / "best.pt")["fingerprint"]
+    splits = json.loads((tmp_path / "run" / "splits.json").read_text())[0]
+    assert fingerprint["version"] == 1 and fingerprint["cases"] == len(set(splits["train"]) - set(splits["validation"]))
+    assert fingerprint["field_of_view"] == [[20.0, 20.0], [20.0, 20.0], [16.0, 16.0]]  # the non-zero box, in mm
+    assert fingerprint["spacing"] == [[1.0, 1.0]] * 3 and fingerprint["channels"][0]["modality"] == "MRI"
+
+    def measured_again(*args, **kwargs):
+        raise AssertionError("a resumed run takes the fingerprint from last.pt")
+
+    monkeypatch.setattr(training_module, "fingerprint_images", measured_again)
+    train(config, tmp_path / "run", resume=True)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["fingerprint"] == fingerprint
+    held_out = read_volume(dataset / "imagesTr" / f"{splits['val'][0]}.nii.gz")
+    prediction = Predictor.from_checkpoint(tmp_path / "run" / "best.pt").predict_volumes([held_out], strict=True)
+    assert prediction.warnings == []  # a case of the same dataset fits
+
+
 def test_cli_trains_and_resumes(tmp_path, dataset, capsys):
     config_path = tmp_path / "tiny.yaml"
     dump_config(tiny_config(dataset, training={"epochs": 1, "iterations_per_epoch": 2}), config_path)

@@ -13,6 +13,9 @@ Layout (a dict of tensors and JSON-able values, so it loads with ``weights_only=
     network           the network's resolved constructor arguments (``model.config``)
     state_dict        the weights, unwrapped from DDP / torch.compile
     metrics           optional, e.g. the validation Dice of these weights
+    fingerprint       optional, what the training scans looked like
+                      (:class:`volseg.data.training_fingerprint.TrainingFingerprint` ``to_dict``);
+                      older checkpoints lack it: their inputs are not compared
     training          optional, for resuming only: epoch, optimiser, scheduler, grad
                       scaler, RNG states, best metric, history
 
@@ -23,6 +26,7 @@ a broken checkpoint.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import random
 from collections.abc import Callable
@@ -36,9 +40,12 @@ from torch import nn
 from volseg._version import __version__
 from volseg.config import Config, config_from_dict, config_to_dict
 from volseg.data.label_space import LabelSpace
+from volseg.data.training_fingerprint import TrainingFingerprint
 from volseg.errors import CheckpointError, InputFileError, VolsegError
 from volseg.io.atomic import atomic_target
 from volseg.nn import SegmentationNetwork, create_model
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "volseg-checkpoint"
 FORMAT_VERSION = 1
@@ -66,9 +73,11 @@ def build_checkpoint(
     metrics: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
     epoch: int | None = None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble a checkpoint dict for ``model`` trained with ``config`` (``epoch``: the
-    1-based epoch it was saved after, for a run's checkpoints)."""
+    1-based epoch it was saved after, for a run's checkpoints; ``fingerprint``: the training
+    cases' :class:`TrainingFingerprint` as a dict)."""
     network = unwrap_model(model)
     if not isinstance(network, SegmentationNetwork) or not network.config:
         raise CheckpointError("only networks built with volseg.nn.create_model can be checkpointed")
@@ -85,6 +94,8 @@ def build_checkpoint(
     }
     if epoch is not None:
         checkpoint["epoch"] = epoch
+    if fingerprint is not None:
+        checkpoint["fingerprint"] = fingerprint
     if training is not None:
         checkpoint["training"] = training
     return checkpoint
@@ -148,6 +159,18 @@ def checkpoint_label_space(checkpoint: dict[str, Any]) -> LabelSpace:
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise CheckpointError(f"checkpoint label_space is not valid: {error!r}") from None
     return LabelSpace.from_config(checkpoint_config(checkpoint))
+
+
+def checkpoint_fingerprint(checkpoint: dict[str, Any]) -> TrainingFingerprint | None:
+    """The training fingerprint stored in a checkpoint; None for one written before it was
+    stored, or whose fingerprint this volseg cannot read (newer or malformed: logged)."""
+    if "fingerprint" not in checkpoint:
+        return None
+    try:
+        return TrainingFingerprint.from_dict(checkpoint["fingerprint"])
+    except ValueError as error:
+        logger.info("the checkpoint's training fingerprint is not used: %s", error)
+        return None
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any], *, device: str | torch.device = "cpu") -> SegmentationNetwork:

@@ -21,6 +21,7 @@ import yaml
 
 from volseg.errors import ConfigError, InputFileError, closest_hint
 from volseg.io.atomic import write_text
+from volseg.io.segments import check_label_codes
 
 
 def _field(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - "help" reads best in the schema
@@ -42,6 +43,7 @@ class DataConfig:
     regions: Union[dict[str, list[int]], None] = _field(
         None, "overlapping regions trained with sigmoid outputs, name -> label values (BraTS: WT, TC, ET)"
     )
+    label_codes: dict[str, dict[str, str]] = _field({}, "label name -> {category, type}: SCHEME:VALUE:MEANING codes")
     num_folds: int = _field(5, "cross-validation folds")
     fold: int = _field(0, "fold to train (0 .. num_folds-1); -1 trains on every case")
     splits_file: Union[str, None] = _field(None, "JSON of the folds (default: splits.json in the run folder)")
@@ -211,6 +213,11 @@ class InferenceConfig:
         "background wherever every input channel is 0 (MRI skull-stripped background; `volseg plan` turns "
         "it on for MRI)",
     )
+    backend: Literal["auto", "torch", "openvino"] = _field(
+        "auto",
+        "what runs the network: torch, openvino (CPU only; pip install 'volseg[openvino]') or auto (OpenVINO on "
+        "the CPU where it is installed, see volseg/inference/backends.py; torch otherwise and on CUDA)",
+    )
 
 
 @dataclass
@@ -329,6 +336,7 @@ def check_config(config: Config) -> None:
     if config.data.fold >= config.data.num_folds or config.data.fold < -1:
         raise ConfigError(f"data.fold={config.data.fold} is not valid; allowed: -1 .. {config.data.num_folds - 1}")
     check_validation_cases(config.data.validation_cases)
+    check_label_codes(config.data.label_codes, config.data.labels.values())
     if not 0.0 <= config.sampling.foreground_ratio <= 1.0:
         raise ConfigError(f"sampling.foreground_ratio={config.sampling.foreground_ratio} is not valid; allowed: 0 .. 1")
     if not 0.0 <= config.inference.overlap < 1.0:

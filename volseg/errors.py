@@ -29,6 +29,10 @@ class InputFileError(VolsegError, OSError):
     """An input file that is missing, unreadable or not a valid volume."""
 
 
+class InputMismatchError(VolsegError, ValueError):
+    """An input unlike the model's training scans (modality, field of view, spacing), refused by ``strict``."""
+
+
 class OutputExistsError(VolsegError, FileExistsError):
     """An output path that exists and may not be overwritten."""
 

@@ -48,7 +48,7 @@ from volseg.errors import ConfigError, InputFileError, OutputExistsError, ShapeE
 from volseg.inference.postprocess import check_spacing
 from volseg.io import Volume, read_volume, same_grid
 from volseg.io.atomic import write_text
-from volseg.io.naming import case_id
+from volseg.io.naming import case_id, is_side_volume
 
 logger = logging.getLogger(__name__)
 
@@ -248,8 +248,8 @@ def _volume_files(folder: Path) -> dict[str, Path]:
         raise InputFileError(f"cannot read '{folder}': not a folder")
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        cid = case_id(path) if path.is_file() else None
-        if cid is None:
+        cid = case_id(path) if path.is_file() and not is_side_volume(path.name) else None
+        if cid is None:  # not a case, or a prediction's probabilities, uncertainty or Slicer file
             continue
         if cid in found:
             raise ConfigError(f"'{found[cid]}' and '{path}' in '{folder}' are both case {cid!r}")

@@ -163,6 +163,7 @@ def predict_command(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard else None
     if not Path(args.input).exists():
         raise InputFileError(f"{args.input}: no such file or folder")
+    from volseg.inference.openvino_runner import default_cache_dir
     from volseg.inference.postprocess import format_statistics
     from volseg.inference.predictor import Predictor
     from volseg.inference.segment import OutputOptions, segment
@@ -175,8 +176,11 @@ def predict_command(args: argparse.Namespace) -> int:
         min_size_ml=args.min_size,
         stats=args.stats,
         preview=args.preview,
-        extension=".nii.gz" if args.format == "nifti" else "same",
+        extension=args.label_extension,
         strict=args.strict,
+        formats=args.formats,
+        reference_dicom=args.reference_dicom,
+        model_name=str(args.model),
     )
     windows = tqdm(desc="windows", unit="window", leave=False, disable=_bars_off(args), file=sys.stderr, delay=1.0)
 
@@ -189,6 +193,8 @@ def predict_command(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(
         args.model,
         device=args.device,
+        backend=args.backend,
+        cache_dir=args.cache_dir or default_cache_dir(),
         overlap=args.overlap,
         sw_batch_size=args.batch,
         tta=args.tta,
@@ -224,6 +230,15 @@ def _check_predict_options(args: argparse.Namespace) -> None:
     """Refuse bad option values before the model is loaded and any case is read."""
     import math
 
+    from volseg.inference.label_outputs import check_formats, parse_formats
+
+    args.label_extension, args.formats = parse_formats(args.format)
+    check_formats(args.formats)  # dicom-seg: is highdicom installed?
+    if args.reference_dicom is not None:
+        if "dicom-seg" not in args.formats:
+            raise ConfigError("--reference-dicom is for --format dicom-seg; add dicom-seg to --format or leave it out")
+        if not Path(args.reference_dicom).is_dir():
+            raise InputFileError(f"--reference-dicom {args.reference_dicom}: no such folder (give a DICOM series)")
     if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
         raise ConfigError(f"--overlap {args.overlap} is not valid; allowed: 0 <= overlap < 1")
     if args.batch not in (None, "auto"):
@@ -311,13 +326,41 @@ def info_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def quantize_command(args: argparse.Namespace) -> int:
+    if args.output and Path(args.output).suffix != ".pt":
+        raise ConfigError(f"-o {args.output} is not valid; allowed: a checkpoint file ending in .pt")
+    check_outputs_free([Path(args.output)], args.overwrite)
+    if args.calibration_cases is not None and args.calibration_cases < 1:
+        raise ConfigError(f"--calibration-cases {args.calibration_cases} is not valid; allowed: 1 or more")
+    from volseg.bundled import resolve_model
+    from volseg.checkpoint import load_checkpoint, save_checkpoint
+    from volseg.export.quantize import format_report, quantize_checkpoint
+
+    def on_case(stage: str, case_id: str, index: int, total: int) -> None:
+        logger.info("%s %d/%d: %s", stage, index, total, case_id)
+
+    result = quantize_checkpoint(
+        load_checkpoint(resolve_model(args.model)),
+        args.calibration,
+        validation=args.validation,
+        max_drop=args.max_drop,
+        calibration_cases=args.calibration_cases,
+        on_case=on_case,
+    )
+    print(format_report(result.report))
+    save_checkpoint(result.checkpoint, args.output)
+    logger.info("wrote %s", args.output)
+    return 0
+
+
 def export_command(args: argparse.Namespace) -> int:
     from volseg.bundled import resolve_model
     from volseg.checkpoint import load_checkpoint
     from volseg.export import export_model
 
+    options = {"name": Path(args.model).name.removesuffix(".pt")} if args.format == "monai-bundle" else {}
     written = export_model(
-        load_checkpoint(resolve_model(args.model)), args.output, fmt=args.format, overwrite=args.overwrite
+        load_checkpoint(resolve_model(args.model)), args.output, fmt=args.format, overwrite=args.overwrite, **options
     )
     for path in written:
         print(path)

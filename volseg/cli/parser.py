@@ -80,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto picks CUDA when present"
     )
+    predict.add_argument(
+        "--backend",
+        choices=("auto", "torch", "openvino"),
+        help="what runs the network: torch, openvino (CPU; pip install 'volseg[openvino]') or auto: OpenVINO "
+        "on the CPU where installed, else torch (default: the model's setting, usually auto)",
+    )
+    predict.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="keep networks converted for OpenVINO here (default: $VOLSEG_CACHE_DIR, else ~/.cache/volseg/openvino)",
+    )
     predict.add_argument("--overlap", type=float, help="sliding-window overlap (default: the model's, usually 0.5)")
     predict.add_argument(
         "--tta",
@@ -123,16 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "--format",
-        choices=("nifti", "same"),
         default="nifti",
-        help="label file format: nifti (.nii.gz, default) or same: the input's own where volseg "
-        "writes it (NIfTI, NIfTI pairs, MGH/MGZ, NRRD, MHA, MINC as MINC 2), else NIfTI",
+        metavar="FORMATS",
+        help="output formats, comma-separated (e.g. nifti,dicom-seg,seg-nrrd): nifti (.nii.gz, default) or "
+        "same (the input's own where volseg writes it: NIfTI, NIfTI pairs, MGH/MGZ, NRRD, MHA, MINC as "
+        "MINC 2, else NIfTI) for the label file, which is always written; dicom-seg (<name>.dcm, a DICOM "
+        "Segmentation of the input's DICOM series or --reference-dicom; needs volseg[dicom]); seg-nrrd "
+        "(<name>_segmentation.seg.nrrd, a 3D Slicer segmentation)",
+    )
+    predict.add_argument(
+        "--reference-dicom",
+        metavar="SERIES_DIR",
+        help="for --format dicom-seg of an input that is not a DICOM series: the series it was made from (same grid)",
     )
     predict.add_argument(
         "--strict",
         action="store_true",
         help="refuse inputs with NaN/Inf voxels (default: replace them by 0, or the image minimum "
-        "for a CT model, with a warning)",
+        "for a CT model, with a warning) and inputs unlike the model's training scans: another modality "
+        "(CT/MRI), field of view or voxel spacing (default: a warning each)",
     )
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.add_argument(
@@ -169,14 +189,49 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_run.add_argument("--overwrite", action="store_true", help="replace an evaluation made with other settings")
     evaluate_run.set_defaults(handler=commands.evaluate_run_command, runtime=True)
 
+    quantize = subcommands.add_parser(
+        "quantize",
+        parents=[common],
+        help="add an int8 OpenVINO network to a model, refused if it loses Dice on held-out cases",
+    )
+    quantize.add_argument("model", help="checkpoint file or bundled model name")
+    quantize.add_argument(
+        "--calibration", required=True, metavar="DATA", help="dataset folder (any layout volseg trains on)"
+    )
+    quantize.add_argument("-o", "--output", required=True, help="the quantized checkpoint (.pt) to write")
+    quantize.add_argument(
+        "--validation",
+        metavar="DATA2",
+        help="dataset whose cases check the Dice (default: the cases of DATA not used for calibration)",
+    )
+    quantize.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.005,
+        help="largest mean Dice drop allowed for any label or region (default 0.005)",
+    )
+    quantize.add_argument(
+        "--calibration-cases", type=int, metavar="N", help="cases to calibrate on (default: half of DATA, at most 8)"
+    )
+    quantize.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    quantize.set_defaults(handler=commands.quantize_command, runtime=True)
+
     info = subcommands.add_parser("info", parents=[common], help="show what a checkpoint contains")
     info.add_argument("model", help="checkpoint file or bundled model name")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(handler=commands.info_command)
 
-    export = subcommands.add_parser("export", parents=[common], help="export a model to ONNX or TorchScript")
+    export = subcommands.add_parser(
+        "export", parents=[common], help="export a model to ONNX, TorchScript, OpenVINO IR or a MONAI bundle"
+    )
     export.add_argument("model", help="checkpoint file or bundled model name")
-    export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default onnx")
+    export.add_argument(
+        "--format",
+        choices=("onnx", "torchscript", "openvino", "monai-bundle"),
+        default="onnx",
+        help="default onnx; openvino: model.xml + model.bin (the int8 network of a quantized model); "
+        "monai-bundle: a bundle folder that `python -m monai.bundle run` executes",
+    )
     export.add_argument("-o", "--output", required=True, help="output folder")
     export.add_argument("--overwrite", action="store_true", help="replace existing files")
     export.set_defaults(handler=commands.export_command)

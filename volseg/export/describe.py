@@ -21,6 +21,7 @@ from volseg.checkpoint import check_checkpoint, checkpoint_config, checkpoint_la
 from volseg.config import Config
 from volseg.data.label_space import LabelSpace
 from volseg.errors import VolsegError
+from volseg.inference.openvino_runner import CHECKPOINT_KEY
 from volseg.inference.sliding_window import SIGMA_SCALE
 from volseg.nn import SegmentationNetwork
 from volseg.nn.registry import model_entry, to_json
@@ -28,7 +29,7 @@ from volseg.nn.registry import model_entry, to_json
 EXPORT_FORMAT = "volseg-export"
 EXPORT_FORMAT_VERSION = 1
 #: The network file of each export format.
-FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.ts", "openvino": "model.xml"}
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 _NETWORK_KEYS = ("name", "spatial_dims", "in_channels", "num_classes")
 
@@ -64,6 +65,7 @@ def describe_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "training_state": training is not None,
         "epoch": _plain(training.get("epoch")) if isinstance(training, dict) else None,
         "weights_dtype": weights_dtype(checkpoint["state_dict"]),
+        "openvino": _openvino(checkpoint.get(CHECKPOINT_KEY)),
     }
 
 
@@ -99,10 +101,28 @@ def format_description(description: dict[str, Any]) -> str:
         ),
         ("metrics", metrics),
         ("training state", state),
-        ("weights", d["weights_dtype"]),
+        ("weights", d["weights_dtype"] + _openvino_text(d.get("openvino"))),
     ]
     width = max(len(key) for key, _ in rows) + 2
     return "\n".join(f"{key + ':':<{width}}{value}" for key, value in rows)
+
+
+def _openvino(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The OpenVINO network a checkpoint carries (``volseg quantize``): everything but the IR itself."""
+    if not isinstance(entry, dict):
+        return None
+    return _plain({k: v for k, v in entry.items() if k not in ("xml", "weights")})
+
+
+def _openvino_text(summary: dict[str, Any] | None) -> str:
+    if not summary:
+        return ""
+    text = f"; OpenVINO {summary.get('precision')} network"
+    drops = (summary.get("validation") or {}).get("drops")
+    if drops:
+        worst = max(drops, key=lambda k: drops[k] if drops[k] is not None else float("-inf"))
+        text += f" (largest Dice drop {drops[worst]:+.4f} on {worst}, limit {summary['validation'].get('max_drop')})"
+    return text + " for --backend openvino/auto on the CPU"
 
 
 def _non_default(name: str, arguments: dict[str, Any]) -> dict[str, Any]:

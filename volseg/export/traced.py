@@ -12,9 +12,7 @@ import functools
 import json
 import logging
 import os
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +21,7 @@ import torch
 from volseg.checkpoint import check_checkpoint, checkpoint_config, model_from_checkpoint
 from volseg.errors import CheckpointError, ConfigError, OutputError, OutputExistsError, ShapeError
 from volseg.export.describe import FILE_NAMES, INPUT_NAME, OUTPUT_NAME, default_roi_size, export_description
+from volseg.inference.openvino_runner import quiet_tracing
 from volseg.io.atomic import atomic_target, write_text
 from volseg.nn import SegmentationNetwork
 
@@ -57,22 +56,17 @@ def export_model(
         raise ConfigError(f"export format {fmt!r} is not valid; allowed: {', '.join(FORMATS)}")
     if fmt == "onnx" and opset not in ONNX_OPSETS:
         raise ConfigError(f"opset={opset} is not valid; allowed: {ONNX_OPSETS.start} .. {ONNX_OPSETS.stop - 1}")
-    checkpoint, out_dir = check_checkpoint(checkpoint), Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"cannot export into '{out_dir}': it is a file, not a folder")
-    model_path, json_path = out_dir / FILE_NAMES[fmt], out_dir / "model.json"
-    for path in (model_path, json_path):
-        if path.exists() and not overwrite:
-            raise OutputExistsError(f"'{path}' exists; pass --overwrite to replace it")
+    checkpoint = check_checkpoint(checkpoint)
+    model_path, json_path = output_paths(out_dir, [FILE_NAMES[fmt], "model.json"], overwrite)
 
     config = checkpoint_config(checkpoint)
     model = model_from_checkpoint(checkpoint)
-    roi = _check_roi(model, roi_size if roi_size is not None else default_roi_size(config))
+    roi = check_roi(model, roi_size if roi_size is not None else default_roi_size(config))
     probes = _probe_inputs(model, roi)
     with torch.no_grad():
         expected = {name: model(x) for name, x in probes.items()}
 
-    with _quiet_tracing():
+    with quiet_tracing():
         traced = _trace(model, probes["roi"], fmt)
         if fmt == "torchscript":
             dynamic = _first_level(_checker(traced, probes, expected), probes)
@@ -90,7 +84,20 @@ def export_model(
     return [model_path, json_path]
 
 
-def _check_roi(model: SegmentationNetwork, roi_size: Sequence[int]) -> tuple[int, ...]:
+def output_paths(out_dir: str | os.PathLike, names: Sequence[str], overwrite: bool) -> list[Path]:
+    """``out_dir / name`` for each name; an error if ``out_dir`` is a file or, unless ``overwrite``, a path exists."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"cannot export into '{out_dir}': it is a file, not a folder")
+    paths = [out_dir / name for name in names]
+    for path in paths:
+        if path.exists() and not overwrite:
+            raise OutputExistsError(f"'{path}' exists; pass --overwrite to replace it")
+    return paths
+
+
+def check_roi(model: SegmentationNetwork, roi_size: Sequence[int]) -> tuple[int, ...]:
+    """``roi_size`` as a tuple, or a :class:`ShapeError` when ``model`` cannot take it."""
     roi = tuple(int(r) for r in roi_size)
     if len(roi) != model.spatial_dims or any(r < 1 for r in roi):
         raise ShapeError(f"roi_size={list(roi_size)} is not valid; give {model.spatial_dims} positive sizes")
@@ -138,7 +145,7 @@ def _checker(
     def check(name: str) -> bool:
         try:
             with torch.no_grad():
-                return _close(run(probes[name]), expected[name])
+                return outputs_match(run(probes[name]), expected[name])
         except Exception:  # sizes baked into a trace or graph fail inside it
             return False
 
@@ -208,7 +215,8 @@ def _run_session(session: Any, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])
 
 
-def _close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+def outputs_match(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Same shape, and within :data:`_TOLERANCE` of the largest |logit| (at least 1)."""
     if actual.shape != expected.shape:
         return False
     scale = max(1.0, float(expected.abs().max()))
@@ -222,13 +230,3 @@ def _name(model: SegmentationNetwork) -> str:
 def _reason(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return f"{type(error).__name__}: {lines[0][:300] if lines else 'no message'}"
-
-
-@contextmanager
-def _quiet_tracing() -> Iterator[None]:
-    """Hide the tracer's shape-to-constant warnings (the probes check them) and torch.jit's deprecation notices."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit and the TorchScript-based ONNX exporter
-        warnings.filterwarnings("ignore", message=".*instance_norm.*train=True", category=UserWarning)
-        yield

@@ -25,11 +25,19 @@ import numpy as np
 import torch
 
 from volseg.bundled import resolve_model
-from volseg.checkpoint import checkpoint_config, checkpoint_label_space, load_checkpoint, model_from_checkpoint
+from volseg.checkpoint import (
+    checkpoint_config,
+    checkpoint_fingerprint,
+    checkpoint_label_space,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from volseg.config import Config
 from volseg.data.label_space import LabelSpace
+from volseg.data.training_fingerprint import TrainingFingerprint
 from volseg.data.transforms import inference_transforms, invert_to_input
 from volseg.errors import ConfigError, ShapeError, choice_error
+from volseg.inference.backends import resolve_backend, runner_for
 from volseg.inference.class_maps import (
     RunningDecision,
     class_chunk,
@@ -37,6 +45,8 @@ from volseg.inference.class_maps import (
     normalised_entropy,
     probability_chunks,
 )
+from volseg.inference.input_checks import check_input
+from volseg.inference.openvino_runner import OpenVINOModel, checkpoint_model
 from volseg.inference.sliding_window import check_sw_batch_size, flip_combinations, sliding_window_inference
 from volseg.inference.window_batch import free_memory
 from volseg.io import Volume, read_volume
@@ -63,6 +73,8 @@ class Prediction:
     uncertainty: np.ndarray | None = None
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: how the input differs from the model's training scans (:mod:`volseg.inference.input_checks`)
+    warnings: list[str] = field(default_factory=list)
 
 
 class Predictor:
@@ -85,6 +97,14 @@ class Predictor:
         progress: ``progress(done_windows, total_windows)`` for each case.
         label_space: what the outputs mean (default: from ``config``; :meth:`from_checkpoint` passes
             the checkpoint's).
+        fingerprint: the training scans, to compare each input with before the network runs
+            (:mod:`volseg.inference.input_checks`); :meth:`from_checkpoint` passes the checkpoint's.
+            ``None``: inputs are not compared.
+        backend: what runs the network: ``torch``, ``openvino`` (CPU) or ``auto`` (default: the
+            checkpoint's ``inference.backend``; :mod:`volseg.inference.backends`).
+        cache_dir: with OpenVINO, keep converted networks here across processes.
+        openvino_model: an OpenVINO network to run in place of ``network`` on the OpenVINO backend
+            (the int8 network of ``volseg quantize``; :meth:`from_checkpoint` passes the checkpoint's).
     """
 
     def __init__(
@@ -102,6 +122,10 @@ class Predictor:
         mask_nonzero: bool | None = None,
         progress: Callable[[int, int], None] | None = None,
         label_space: LabelSpace | None = None,
+        fingerprint: TrainingFingerprint | None = None,
+        backend: str | None = None,
+        cache_dir: str | Path | None = None,
+        openvino_model: OpenVINOModel | None = None,
     ) -> None:
         self.config = config
         self.device = resolve_device(device)
@@ -130,12 +154,27 @@ class Predictor:
                 f"mask_nonzero needs label 0 (background) in data.labels; got labels {sorted(self.labels)}"
             )
         self.transforms = inference_transforms(config.preprocessing)
+        self.fingerprint = fingerprint
+        self.backend = resolve_backend(backend or inference.backend, self.device, self.network, model=openvino_model)
+        if openvino_model is not None and self.backend == "torch":
+            logger.info(
+                "backend torch: the %s OpenVINO network is not used, the float32 weights are", openvino_model.precision
+            )
+        #: what the sliding window calls: ``network`` itself, or its OpenVINO runner
+        self.runner = runner_for(self.network, self.backend, model=openvino_model, cache_dir=cache_dir)
 
     @classmethod
     def from_checkpoint(cls, path_or_name: str | Path, **options: Any) -> Predictor:
         """A predictor from a checkpoint file or the name of a bundled model (``hippocampus``)."""
         checkpoint = load_checkpoint(resolve_model(path_or_name))
         options.setdefault("label_space", checkpoint_label_space(checkpoint))
+        options.setdefault("openvino_model", checkpoint_model(checkpoint))
+        if "fingerprint" not in options:
+            options["fingerprint"] = checkpoint_fingerprint(checkpoint)
+            if options["fingerprint"] is None:
+                logger.info(
+                    "%s records no training fingerprint: inputs are not compared with its training scans", path_or_name
+                )
         return cls(model_from_checkpoint(checkpoint), checkpoint_config(checkpoint), **options)
 
     @property
@@ -178,11 +217,20 @@ class Predictor:
         case_id: str = "case",
         probabilities: bool = False,
         uncertainty: str | None = None,
+        strict: bool = False,
     ) -> Prediction:
-        """Segment one case given as one :class:`Volume` per channel file (or one 4D volume)."""
+        """Segment one case given as one :class:`Volume` per channel file (or one 4D volume).
+
+        An input unlike the training scans is logged and listed in ``Prediction.warnings``;
+        ``strict`` raises :class:`volseg.errors.InputMismatchError` instead, before the network runs.
+        """
         if uncertainty is not None and uncertainty not in UNCERTAINTY_MODES:
             raise ConfigError(f"uncertainty={uncertainty!r} is not valid; allowed: {', '.join(UNCERTAINTY_MODES)}")
         started = time.perf_counter()
+        warnings = []
+        # Before the network; an input of another channel count gets the channel error below instead.
+        if self.fingerprint is not None and sum(v.num_channels for v in channels) == len(self.fingerprint.channels):
+            warnings = check_input(channels, self.fingerprint, case_id=case_id, strict=strict)
         data = self.transforms({"image": list(channels), "case_id": case_id})
         image = data["image"]
         if image.shape[0] != self.network.in_channels:
@@ -196,7 +244,7 @@ class Predictor:
         labels, probs, entropy = self._outputs_on_input_grid(
             scores, data, activated=variance is not None, probabilities=probabilities, entropy=uncertainty == "entropy"
         )
-        result = Prediction(case_id, labels, channels[0], probabilities=probs, uncertainty=entropy)
+        result = Prediction(case_id, labels, channels[0], probabilities=probs, uncertainty=entropy, warnings=warnings)
         if variance is not None:
             on_input = invert_to_input(variance, data, mode="bilinear").as_tensor()
             result.uncertainty = on_input.mean(dim=0).numpy().astype(np.float32)
@@ -245,7 +293,7 @@ class Predictor:
         image = image.to(self.device)
         if not with_variance:
             logits = sliding_window_inference(
-                self.network, image, self.roi_size, tta_flips=self.tta_flips, output_device="auto", **options
+                self.runner, image, self.roi_size, tta_flips=self.tta_flips, output_device="auto", **options
             )
             return logits[0], None
         flips = flip_combinations(self.tta_flips or range(self.network.spatial_dims))
@@ -253,7 +301,7 @@ class Predictor:
         for flip in flips:
             dims = [axis + 2 for axis in flip]
             logits = sliding_window_inference(
-                self.network, image.flip(dims) if dims else image, self.roi_size, output_device="cpu", **options
+                self.runner, image.flip(dims) if dims else image, self.roi_size, output_device="cpu", **options
             )
             probs = self._activate((logits.flip(dims) if dims else logits)[0])
             total = probs if total is None else total + probs

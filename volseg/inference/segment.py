@@ -3,11 +3,14 @@
 For a case ``<name>`` the outputs are ``<name>.nii.gz`` (labels, on the input's grid; in the
 input's own format with ``extension="same"`` where volseg can write it) and, when asked for,
 ``<name>_probabilities.nii.gz`` (channels last), ``<name>_uncertainty.nii.gz``,
-``<name>_stats.json`` and ``<name>_preview.png``. The label file is written last and every file
-atomically, so a label file that exists marks a finished case: an interrupted folder
+``<name>_stats.json`` and ``<name>_preview.png``; with ``formats``, DICOM-SEG and 3D Slicer
+files, and always ITK-SNAP and Slicer label tables (:mod:`volseg.inference.label_outputs`). The
+label file is written last and every file atomically, so a label file that exists (with the
+files of every requested format) marks a finished case: an interrupted folder
 run started again skips those and redoes the rest (removing the temporary files a kill left
 for the outputs it redoes). NaN/Inf input voxels are replaced (0, or the image minimum for a CT
-model) with one warning, or refused with ``strict``; the stats record what was done.
+model) with one warning, or refused with ``strict``; so is an input unlike the model's training
+scans (:mod:`volseg.inference.input_checks`). The stats record both.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +28,7 @@ import nibabel as nib
 import numpy as np
 
 from volseg.errors import ConfigError, OutputExistsError
+from volseg.inference import label_outputs
 from volseg.inference.inputs import PredictionInput, find_inputs
 from volseg.inference.postprocess import (
     keep_largest_component,
@@ -57,19 +61,28 @@ class OutputOptions:
     #: label file format: a written suffix (:data:`volseg.io.WRITE_SUFFIXES`), or ``"same"``: the
     #: input's own where writable, else .nii.gz with a warning (MINC 1 inputs are written as MINC 2).
     extension: str = ".nii.gz"
-    #: refuse inputs with NaN/Inf voxels instead of replacing them
+    #: refuse inputs with NaN/Inf voxels instead of replacing them, and inputs unlike the training scans
     strict: bool = False
+    #: further formats of the labels beside the label file: "dicom-seg" (<name>.dcm), "seg-nrrd"
+    #: (<name>_segmentation.seg.nrrd); see :mod:`volseg.inference.label_outputs`
+    formats: tuple[str, ...] = ()
+    #: the DICOM series the input was made from (dicom-seg of an input that is not a DICOM series)
+    reference_dicom: str | Path | None = None
+    #: the model's name, recorded in DICOM-SEG files
+    model_name: str = "volseg model"
 
 
 @dataclass
 class CaseOutcome:
-    """One case of a run: where its labels went, whether it was skipped, its statistics."""
+    """One case of a run: where its labels went, whether it was skipped, its statistics, and how
+    its input differs from the model's training scans (``warnings``)."""
 
     case_id: str
     labels_path: Path
     skipped: bool
     seconds: float = 0.0
     statistics: list[dict[str, Any]] | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def output_paths(labels_path: Path) -> dict[str, Path]:
@@ -121,11 +134,13 @@ def segment(
 ) -> list[CaseOutcome]:
     """Segment every case under ``input_path`` into ``output`` (a file for one case, or a folder).
 
-    With several cases, those whose label file exists are skipped unless ``overwrite``; a
+    With several cases, those whose label file (and the file of each of ``formats``) exists are
+    skipped unless ``overwrite``; a
     single named output that exists is an error unless ``overwrite``. ``shard=(I, N)`` segments
     only shard I of N of a folder's cases (:mod:`volseg.inference.sharding`).
     """
     options = options or OutputOptions()
+    label_outputs.check_formats(options.formats)
     inputs = find_inputs(input_path, channel_names=predictor.channel_names)
     pairs = plan_outputs(inputs, Path(output), options)
     if shard is not None:
@@ -137,9 +152,12 @@ def segment(
         pairs = [(case, path) for case, path in pairs if case.case_id in chosen]
     if len(pairs) == 1 and pairs[0][1].exists() and not options.overwrite:
         raise OutputExistsError(f"{pairs[0][1]} exists; pass --overwrite to replace it")
+    if "dicom-seg" in options.formats:  # before any case is predicted
+        label_outputs.check_dicom_sources([case for case, _ in pairs], options.reference_dicom)
     outcomes = []
     for index, (case, labels_path) in enumerate(pairs):
-        if labels_path.exists() and not options.overwrite:
+        finished = label_outputs.is_finished(labels_path, output_paths(labels_path), options.formats)
+        if finished and not options.overwrite:
             outcome = CaseOutcome(case.case_id, labels_path, skipped=True)
         else:
             outcome = segment_case(predictor, case, labels_path, options)
@@ -153,8 +171,15 @@ def segment_case(predictor: Predictor, case: PredictionInput, labels_path: Path,
     """Segment one case and write its outputs (the label file last)."""
     ct = predictor.config.preprocessing.intensity == "ct"
     channels, nonfinite = read_channels(case, strict=options.strict, ct=ct)
+    source = None  # the DICOM series, read and checked against the input's grid before predicting
+    if "dicom-seg" in options.formats:
+        source = label_outputs.load_dicom_source(case, channels[0], options.reference_dicom)
     prediction = predictor.predict_volumes(
-        channels, case_id=case.case_id, probabilities=options.probabilities, uncertainty=options.uncertainty
+        channels,
+        case_id=case.case_id,
+        probabilities=options.probabilities,
+        uncertainty=options.uncertainty,
+        strict=options.strict,
     )
     space = predictor.label_space
     labels = postprocess(prediction.labels, prediction, options, space.regions)
@@ -175,6 +200,8 @@ def segment_case(predictor: Predictor, case: PredictionInput, labels_path: Path,
         statistics = label_statistics(labels, spacing=reference.spacing, label_names=names)
         if nonfinite is not None:  # the replacement, recorded with the statistics
             statistics = [{**row, "input_nonfinite": nonfinite} for row in statistics]
+        if prediction.warnings:  # how the input differs from the training scans, likewise
+            statistics = [{**row, "input_warnings": prediction.warnings} for row in statistics]
         write_statistics(statistics, side["stats"], overwrite=True)
     if options.preview:
         image, label_view, spacing = ras_views(reference.channels_first()[0], labels, reference.affine)
@@ -187,9 +214,20 @@ def segment_case(predictor: Predictor, case: PredictionInput, labels_path: Path,
             title=case.case_id,
             overwrite=True,
         )
-    write_volume(labels_path, labels, reference, overwrite=True)
+    segments = label_outputs.segments_of(space, case.brats_convention, predictor.config.data.label_codes)
+    with label_outputs.written_beside(
+        labels, reference, side, segments, options.formats, source=source, model_name=options.model_name
+    ):
+        write_volume(labels_path, labels, reference, overwrite=True)  # last: it marks a finished case
     logger.debug("%s: %.2f s", case.case_id, prediction.seconds)
-    return CaseOutcome(case.case_id, labels_path, skipped=False, seconds=prediction.seconds, statistics=statistics)
+    return CaseOutcome(
+        case.case_id,
+        labels_path,
+        skipped=False,
+        seconds=prediction.seconds,
+        statistics=statistics,
+        warnings=prediction.warnings,
+    )
 
 
 _STRICT_HINT = "refused by --strict; without it they are replaced by 0 (CT: the image minimum)"

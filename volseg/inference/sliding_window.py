@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from volseg.errors import ConfigError, ShapeError, choice_error
+from volseg.inference.backends import resolve_backend, runner_for
 from volseg.inference.fast_layers import with_fast_layers
 from volseg.inference.window_batch import (
     ActivationMeter,
@@ -106,6 +107,7 @@ def sliding_window_inference(
     autocast: str | None = None,
     fast_layers: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    backend: str = "torch",
 ) -> torch.Tensor:
     """Logits of ``network`` over the whole of ``image``.
 
@@ -132,6 +134,9 @@ def sliding_window_inference(
             convolutions with few outputs, instance norm) as faster equivalents, on a copy
             that shares its weights (see :mod:`volseg.inference.fast_layers`).
         progress: called as ``progress(done_windows, total_windows)``.
+        backend: what runs the network (:mod:`volseg.inference.backends`): ``"torch"``,
+            ``"openvino"`` (float32 on the CPU; converted once per window shape and cached) or
+            ``"auto"``. A network already wrapped for a backend (``backends.runner_for``) runs as it is.
 
     Returns:
         (N, K, *S) float32 logits averaged over windows (and flips), on ``output_device``.
@@ -151,13 +156,18 @@ def sliding_window_inference(
             autocast=autocast,
             fast_layers=fast_layers,
             progress=progress,
+            backend=backend,
         )
     _check_arguments(image, roi_size, overlap, sw_batch_size, autocast, tta_flips)
     roi = tuple(int(r) for r in roi_size)
     if device is None:
-        device = next(network.parameters()).device
+        device = next(network.parameters()).device if isinstance(network, nn.Module) else network.device
     device = torch.device(device)
-    if fast_layers and device.type == "cpu" and autocast is None:
+    if isinstance(network, nn.Module):
+        network = runner_for(network, resolve_backend(backend, device, network))
+    if not isinstance(network, nn.Module) and autocast is not None:
+        raise ConfigError(f"autocast={autocast!r} is for the torch backend; {network!r} runs float32")
+    if fast_layers and device.type == "cpu" and autocast is None and isinstance(network, nn.Module):
         network = with_fast_layers(network)
     if output_device is None:
         output_device = image.device
@@ -202,7 +212,7 @@ def sliding_window_inference(
             windows = torch.cat(
                 [padded[(slice(case, case + 1), slice(None), *_window(position, roi))] for case, position in batch]
             ).to(device, non_blocking=True)
-            meter = ActivationMeter(network, device) if stage == "measure" else None
+            meter = _meter(network, device) if stage == "measure" else None
             with meter or contextlib.nullcontext():
                 prediction = _predict_with_flips(network, windows, flips)
             if logits is None:  # allocated before the batch is sized, so the free memory counts it
@@ -249,6 +259,11 @@ def sliding_window_inference(
     logits /= coverage
     crop = tuple(slice(e, e + s) for e, s in zip(extra_low, shape))
     return logits[(slice(None), slice(None), *crop)]
+
+
+def _meter(network: nn.Module, device: torch.device) -> ActivationMeter:
+    """What measures a window's memory: the network's own meter (a backend's), else an :class:`ActivationMeter`."""
+    return network.meter() if not isinstance(network, nn.Module) else ActivationMeter(network, device)
 
 
 def _window(start: Sequence[int], size: Sequence[int]) -> tuple[slice, ...]:

@@ -90,8 +90,13 @@ SIDE_OUTPUTS = {
     "uncertainty": "_uncertainty{ext}",
     "stats": "_stats.json",
     "preview": "_preview.png",
+    # the label map for viewers and archives (volseg.inference.label_outputs)
+    "labels_itksnap": "_labels.txt",
+    "colours_slicer": ".ctbl",
+    "seg_nrrd": "_segmentation.seg.nrrd",  # not <case>.seg.nrrd: that would be a second file of the case
+    "dicom_seg": ".dcm",
 }
-DERIVED = re.compile(r"_(seg|label|labels|mask|probabilities|uncertainty|preview)$")
+DERIVED = re.compile(r"_(seg|segmentation|label|labels|mask|probabilities|uncertainty|preview)$")
 _REFERENCE_TAILS = ("_seg", "-seg")
 
 
@@ -129,6 +134,17 @@ def not_a_volume(name: str) -> str | None:
     """What a known non-volume file is ("a GIFTI file (...)"), else None."""
     suffix = _match(name)
     return NOT_VOLUMES.get(suffix) if suffix else None
+
+
+def is_side_volume(name: str) -> bool:
+    """Whether a volume file is a side output of ``volseg predict`` (probabilities, uncertainty,
+    the Slicer segmentation), not a label map: ``"a_probabilities.nii.gz"`` -> True."""
+    parts = split_volume_name(name)
+    return parts is not None and any(
+        parts[0].endswith(pattern.split("{", 1)[0].split(".", 1)[0])
+        for kind, pattern in SIDE_OUTPUTS.items()
+        if kind in ("probabilities", "uncertainty", "seg_nrrd")
+    )
 
 
 def is_derived(stem: str) -> bool:

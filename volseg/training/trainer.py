@@ -35,6 +35,7 @@ from volseg.data.datasets import find_cases
 from volseg.data.label_space import LabelSpace
 from volseg.data.loader import resolve_num_workers, seed_for, training_loader
 from volseg.data.splits import carve_validation, load_folds, make_folds, save_folds, split_for_fold
+from volseg.data.training_fingerprint import fingerprint_images
 from volseg.data.transforms import items_from_cases, make_dataset, training_transforms, validation_transforms
 from volseg.errors import ConfigError, OutputExistsError, TrainingError
 from volseg.io.atomic import remove_stale_temporaries, write_text
@@ -193,6 +194,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.log = RunLog(self.run_dir, tensorboard=self.context.is_main) if self.context.is_main else None
         self.start_epoch, self.best_metric, self.best_epoch, self.stale_validations = 0, None, None, 0
+        self.fingerprint: dict[str, Any] | None = None  # the training scans, stored in every checkpoint
         if self.context.is_main:
             self._remove_stale_temporaries()
             if self._new_splits is not None:
@@ -203,6 +205,9 @@ class Trainer:
             if resume:  # killed before its first checkpoint: start it again from epoch 1
                 logger.info("%s holds no %s yet; starting the run from epoch 1", self.run_dir, LAST)
             dump_config(config, self.run_dir / CONFIG_FILE, header=f"resolved config of the run in {self.run_dir}")
+        if self.context.is_main and self.fingerprint is None:  # a resumed run keeps last.pt's
+            images = [item["image"] for item in train_items]  # 64 of them at most, spread evenly
+            self.fingerprint = fingerprint_images(images, config, max_cases=64).to_dict()
 
     # ------------------------------------------------------------------ data
     def _cache_dir(self) -> Path:
@@ -280,6 +285,7 @@ class Trainer:
         self.start_epoch = training["epoch"] + 1
         self.best_metric, self.best_epoch = training.get("best_metric"), training.get("best_epoch")
         self.stale_validations = training.get("stale_validations", 0)
+        self.fingerprint = checkpoint.get("fingerprint")
         if self.log is not None:
             self.log.restore(training.get("history", []))
             dump_config(self.config, self.run_dir / CONFIG_FILE, header=f"resolved config of the run in {self.run_dir}")
@@ -298,7 +304,9 @@ class Trainer:
             "stale_validations": self.stale_validations,
             "history": self.log.history if self.log else [],
         }
-        checkpoint = build_checkpoint(self.model, self.config, metrics=metrics, training=training, epoch=epoch + 1)
+        checkpoint = build_checkpoint(
+            self.model, self.config, metrics=metrics, training=training, epoch=epoch + 1, fingerprint=self.fingerprint
+        )
         # best.pt first: a kill between the two writes leaves last.pt one epoch behind, and the
         # resumed run redoes that epoch and writes best.pt again. The other order would leave a
         # last.pt that names this epoch as the best while best.pt holds an older one, for good.
