@@ -8,7 +8,7 @@ TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.volseg-installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test test-fast lint demo bench-env gpu-wheels gpu-check clean
+.PHONY: install test test-fast lint demo int8-bundles bench-env gpu-wheels gpu-check clean
 
 install: $(STAMP)
 
@@ -39,6 +39,15 @@ demo: $(STAMP)
 	rm -rf $(DEMO_OUT)
 	$(BIN)/volseg predict -m hippocampus -i $(SAMPLE) -o $(DEMO_OUT) --stats --preview --overwrite
 	@echo "outputs: $$(ls $(DEMO_OUT) | sed 's|^|$(DEMO_OUT)/|' | tr '\n' ' ')"
+
+# The int8 bundled models (hippocampus-int8, brats-int8) from the bundled ones: calibrated on
+# ../shared/data, each refused (and not written) if any label's or region's mean Dice on held-out
+# cases drops by more than 0.005. Minutes of CPU: run it on an idle machine.
+SHARED_DATA ?= ../shared/data
+
+int8-bundles: $(STAMP)
+	$(BIN)/volseg quantize hippocampus --calibration $(SHARED_DATA)/msd-hippocampus -o volseg/models/hippocampus-int8.pt --overwrite
+	$(BIN)/volseg quantize brats --calibration $(SHARED_DATA)/brats2018 -o volseg/models/brats-int8.pt --overwrite
 
 # A separate environment for scripts/bench_inference.py with nnU-Net v2 beside volseg, so that
 # the benchmark can time nnU-Net's own predictor; nnunetv2 stays out of volseg's dependencies

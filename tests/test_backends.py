@@ -56,8 +56,9 @@ def test_openvino_logits_equal_torch_logits(name, dims):
     needs_openvino()
     network = tiny(name, dims)
     roi = network.nearest_valid_shape((WINDOW,) * dims, "up")
-    # 1.5 output tiles on every axis: several windows, a last batch smaller than the others
-    image = torch.randn(1, 2, *(t + t // 2 + 1 for t in network.output_shape(roi)))
+    # 1.5 output tiles on every axis: several windows, a last batch smaller than the others;
+    # a 2D network goes through a volume slice by slice, as the Predictor runs it
+    image = torch.randn(1, 2, *(t + t // 2 + 1 for t in network.output_shape(roi)), *([3] if dims == 2 else []))
     options = dict(roi_size=roi, overlap=0.5, sw_batch_size=3)
     expected = sliding_window_inference(network, image, backend="torch", **options)
     actual = sliding_window_inference(network, image, backend="openvino", **options)
@@ -87,6 +88,16 @@ def test_predictor_labels_agree_on_nearly_every_voxel():
     assert isinstance(on_openvino.runner, OpenVINONetwork) and on_torch.runner is network
     agreement = np.mean(on_torch.predict(image) == on_openvino.predict(image))
     assert agreement >= 0.999
+
+
+def test_a_replaced_network_gets_its_own_backend():
+    needs_openvino()
+    predictor = Predictor(tiny("unet", 3, in_channels=1), predictor_config(), device="cpu")
+    assert predictor.backend == "openvino" and isinstance(predictor.runner, OpenVINONetwork)
+    replacement = create_model("unet", 3, 1, 3, features=[4, 8])
+    replacement.config = {}  # a network from outside the registry: auto runs torch
+    predictor.network = replacement
+    assert predictor.runner is replacement and predictor.backend == "torch"
 
 
 def test_a_compiled_model_serves_every_batch_size_and_is_reused():

@@ -1,5 +1,6 @@
 """Tests for volseg.io: geometry-preserving reads and writes (round trips, SimpleITK and DICOM,
-grid checks, the real data). Read errors and atomic writes: test_io_validation.py."""
+grid checks, the real data). Read errors and atomic writes: test_io_validation.py; uneven DICOM
+series, localizers and multi-frame files: test_dicom_read.py."""
 
 from __future__ import annotations
 
@@ -204,18 +205,6 @@ def test_dicom_series_reads_with_geometry(tmp_path, write_dicom_series):
     for ijk in [(0, 0, 0), (5, 0, 0), (0, 4, 0), (0, 0, 3), (5, 4, 3)]:
         x, y, z = image.TransformIndexToPhysicalPoint(ijk)  # LPS
         np.testing.assert_allclose(vol.affine @ [*ijk, 1], [-x, -y, z, 1], atol=1e-4)
-
-
-def test_dicom_series_with_missing_slice_warns(tmp_path, caplog, capfd, write_dicom_series):
-    write_dicom_series(tmp_path / "gap", np.zeros((5, 3, 3), np.int16), "1.2.3.9")
-    (tmp_path / "gap" / "slice002.dcm").unlink()
-    with caplog.at_level("WARNING", logger="volseg.io"):
-        vol = read_volume(tmp_path / "gap")
-    assert vol.array.shape == (3, 3, 4)
-    warnings = [r.getMessage() for r in caplog.records]
-    assert any("unevenly spaced" in m and "gap" in m for m in warnings)
-    assert "Non uniform" not in capfd.readouterr().err  # ITK's own stderr print is silenced
-    assert sitk.ProcessObject.GetGlobalWarningDisplay()  # and restored afterwards
 
 
 def test_4d_sitk_image_is_channels_last(tmp_path):

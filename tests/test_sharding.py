@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -50,7 +52,11 @@ def test_shards_write_exactly_what_one_run_writes(tmp_path):
         argv = ["predict", "-m", "hippocampus", "-i", str(folder), "-o", str(tmp_path / "sharded"), "--quiet"]
         assert main([*argv, "--shard", f"{k}/3"]) == 0
     one = sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == one and len(one) == 3 * 8  # + label tables
+    assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == one
+    assert len(one) == 3 * 8 + 3  # labels and their two tables; report.json, report.html, report_previews
+    report = json.loads((tmp_path / "sharded" / "report.json").read_text())
+    assert [row["case_id"] for row in report["cases"]] == [f"c{i}" for i in range(8)]
+    assert {row["status"] for row in report["cases"]} == {"done"}
     for name in (n for n in one if n.endswith(".nii.gz")):
         a = np.asarray(nib.load(tmp_path / "one" / name).dataobj)
         b = np.asarray(nib.load(tmp_path / "sharded" / name).dataobj)

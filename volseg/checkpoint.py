@@ -16,6 +16,9 @@ Layout (a dict of tensors and JSON-able values, so it loads with ``weights_only=
     fingerprint       optional, what the training scans looked like
                       (:class:`volseg.data.training_fingerprint.TrainingFingerprint` ``to_dict``);
                       older checkpoints lack it: their inputs are not compared
+    openvino          optional, written by ``volseg quantize``: an int8 OpenVINO network (IR xml
+                      text, weights as a uint8 tensor) with its calibration and validation record
+                      (:mod:`volseg.export.quantize`); the float32 ``state_dict`` stays
     training          optional, for resuming only: epoch, optimiser, scheduler, grad
                       scaler, RNG states, best metric, history
 

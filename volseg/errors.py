@@ -45,6 +45,10 @@ class CheckpointError(VolsegError, ValueError):
     """A checkpoint that is corrupt, of an unknown format version or incomplete."""
 
 
+class AccuracyError(VolsegError, ValueError):
+    """A model change refused because it costs accuracy (an int8 network whose Dice drops too far)."""
+
+
 class TrainingError(VolsegError, FloatingPointError):
     """Training cannot go on (e.g. the loss became NaN): the message says what to change."""
 

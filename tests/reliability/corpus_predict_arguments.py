@@ -22,16 +22,13 @@ ROOT_REASON = "runs as root: chmod does not stop root from reading or writing"
 # ----------------------------------------------------------------------------- builders
 
 
-def dicom_two_series(write_series) -> Callable[[Ctx], None]:
-    def build(c: Ctx) -> None:
-        arr = image((16, 16, 4)).astype(np.int16).transpose(2, 1, 0)
-        write_series(c.d / "dicom", np.ascontiguousarray(arr), "1.2.826.0.1.3680043.2.1125.1")
-        write_series(c.d / "dicom_b", np.ascontiguousarray(arr), "1.2.826.0.1.3680043.2.1125.2")
-        for path in (c.d / "dicom_b").iterdir():
-            path.rename(c.d / "dicom" / f"b_{path.name}")
-        (c.d / "dicom_b").rmdir()
-
-    return build
+def dicom_two_series(c: Ctx) -> None:
+    arr = np.ascontiguousarray(image((16, 16, 4)).astype(np.int16).transpose(2, 1, 0))
+    c.write_dicom_series(c.d / "dicom", arr, "1.2.826.0.1.3680043.2.1125.1")
+    c.write_dicom_series(c.d / "dicom_b", arr, "1.2.826.0.1.3680043.2.1125.2")
+    for path in (c.d / "dicom_b").iterdir():
+        path.rename(c.d / "dicom" / f"b_{path.name}")
+    (c.d / "dicom_b").rmdir()
 
 
 def folder_of(files: dict[str, bytes | np.ndarray]) -> Callable[[Ctx], None]:
@@ -211,8 +208,7 @@ PREDICT_ARGUMENTS: list = [
         predict("in", output="{d}/out"),
         Fails("found no volumes to segment"),
     ),
-    # no builder: test_bad_input writes the two series with the write_dicom_series fixture
-    ("DICOM folder with two series", None, predict("dicom"), Fails("holds 2 DICOM series")),
+    ("DICOM folder with two series", dicom_two_series, predict("dicom"), Fails("holds 2 DICOM series")),
     (
         "duplicate case ids in a folder (a.nii.gz and a.nrrd)",
         folder_of({"a.nii.gz": image(), "a.nrrd": image(seed=1), "b.nii.gz": image(seed=2)}),

@@ -62,12 +62,14 @@ def predict(input_name: str = "in.nii.gz", *extra: str, model: str = "{ckpt}", o
 
 @dataclass
 class Ctx:
-    """What a builder may use: its folder, the checkpoints and pytest's monkeypatch."""
+    """What a builder may use: its folder, the checkpoints, pytest's monkeypatch and the
+    ``write_dicom_series`` fixture (tests/conftest.py)."""
 
     d: Path
     ckpt: Path
     ckpt4: Path
     monkeypatch: pytest.MonkeyPatch
+    write_dicom_series: Callable[..., object] | None = None
 
 
 def image(shape=SHAPE, dtype=np.float32, seed=0) -> np.ndarray:

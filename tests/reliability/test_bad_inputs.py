@@ -16,21 +16,24 @@ both their sform and their qform (with the input's codes), so they are unambiguo
 
 The rows live beside this file, by topic, and run here in this order (docs/reliability.md numbers
 them so): ``corpus_predict_inputs.py`` (files that are not volumes, shapes, voxel values, other
-formats, geometry), ``corpus_predict_arguments.py`` (paths and outputs, models, folders, options)
-and ``corpus_evaluate_plan_train.py``; ``corpus_support.py`` holds ``Fails``, ``Works``, ``Ctx``
-and the shared builders. test_header_fuzzing.py fuzzes NIfTI headers against ``read_volume``.
+formats, geometry), ``corpus_predict_arguments.py`` (paths and outputs, models, folders, options),
+``corpus_evaluate_plan_train.py`` and ``corpus_dicom.py`` (uneven series, localizers, multi-frame
+files); ``corpus_support.py`` holds ``Fails``, ``Works``, ``Ctx`` and the shared builders.
+test_header_fuzzing.py fuzzes NIfTI headers against ``read_volume``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from corpus_dicom import DICOM_INPUTS
 from corpus_evaluate_plan_train import OTHER_COMMANDS
-from corpus_predict_arguments import PREDICT_ARGUMENTS, dicom_two_series
+from corpus_predict_arguments import PREDICT_ARGUMENTS
 from corpus_predict_inputs import PREDICT_INPUTS
 from corpus_support import BRATS, SHAPE, Ctx, Fails
 
@@ -41,7 +44,7 @@ from volseg.config import config_from_dict
 from volseg.inference.segment import output_paths
 from volseg.nn import create_model
 
-CASES: list = [*PREDICT_INPUTS, *PREDICT_ARGUMENTS, *OTHER_COMMANDS]
+CASES: list = [*PREDICT_INPUTS, *PREDICT_ARGUMENTS, *OTHER_COMMANDS, *DICOM_INPUTS]
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -98,9 +101,9 @@ def test_the_corpus_is_large_enough():
 def test_bad_input(name, builder, argv, expected, tmp_path, checkpoints, capsys, monkeypatch, write_dicom_series):
     d = tmp_path / "case"
     d.mkdir()
-    ctx = Ctx(d, checkpoints["ckpt"], checkpoints["ckpt4"], monkeypatch)
+    ctx = Ctx(d, checkpoints["ckpt"], checkpoints["ckpt4"], monkeypatch, write_dicom_series)
     monkeypatch.chdir(tmp_path)  # a default run folder (runs/...) would land here, not in the checkout
-    (builder or dicom_two_series(write_dicom_series))(ctx)
+    builder(ctx)
     before = _files(d)
     args = [a.format(d=d, ckpt=ctx.ckpt, ckpt4=ctx.ckpt4) for a in argv]
     try:
@@ -124,6 +127,11 @@ def test_bad_input(name, builder, argv, expected, tmp_path, checkpoints, capsys,
             after.pop(name)
             for side in output_paths(d / name).values():  # its label tables
                 after.pop(str(side.relative_to(d)), None)
+        if expected.kept:  # the run report of a folder run that finished some cases lists them and the failure
+            report = json.loads((d / Path(expected.kept[0]).parent / "report.json").read_text())
+            assert [row["status"] for row in report["cases"]][-1] == "failed"
+            for name in [n for n in after if Path(n).parent.name == "report_previews" or Path(n).stem == "report"]:
+                after.pop(name)
         assert sorted(after) == sorted(before), f"new files after a failure: {set(after) - set(before)}"
         assert after == before, "a failure changed an existing file"
         return

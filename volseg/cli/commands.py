@@ -6,6 +6,7 @@ Heavy modules (torch, MONAI) are imported inside the handlers, so argument error
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -156,101 +157,6 @@ def check_outputs_free(paths: Sequence[Path], overwrite: bool) -> None:
             raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
 
 
-def predict_command(args: argparse.Namespace) -> int:
-    _check_predict_options(args)  # argument errors before torch and MONAI are imported
-    from volseg.inference.sharding import parse_shard
-
-    shard = parse_shard(args.shard) if args.shard else None
-    if not Path(args.input).exists():
-        raise InputFileError(f"{args.input}: no such file or folder")
-    from volseg.inference.openvino_runner import default_cache_dir
-    from volseg.inference.postprocess import format_statistics
-    from volseg.inference.predictor import Predictor
-    from volseg.inference.segment import OutputOptions, segment
-
-    options = OutputOptions(
-        overwrite=args.overwrite,
-        probabilities=args.save_probabilities,
-        uncertainty=args.uncertainty,
-        largest_component=args.largest_component,
-        min_size_ml=args.min_size,
-        stats=args.stats,
-        preview=args.preview,
-        extension=args.label_extension,
-        strict=args.strict,
-        formats=args.formats,
-        reference_dicom=args.reference_dicom,
-        model_name=str(args.model),
-    )
-    windows = tqdm(desc="windows", unit="window", leave=False, disable=_bars_off(args), file=sys.stderr, delay=1.0)
-
-    def window_progress(done: int, total: int) -> None:
-        if done <= windows.n:
-            windows.reset(total=total)
-        windows.total = total
-        windows.update(done - windows.n)
-
-    predictor = Predictor.from_checkpoint(
-        args.model,
-        device=args.device,
-        backend=args.backend,
-        cache_dir=args.cache_dir or default_cache_dir(),
-        overlap=args.overlap,
-        sw_batch_size=args.batch,
-        tta=args.tta,
-        mask_nonzero=args.mask_nonzero,
-        progress=window_progress,
-        cudnn_benchmark=True,  # a command's own process: cuDNN may time its algorithms for the window shape
-    )
-    cases = tqdm(desc="cases", unit="case", disable=_bars_off(args), file=sys.stderr, delay=1.0)
-
-    def report(outcome, done: int, total: int) -> None:
-        cases.total = total
-        cases.update(1)
-        if outcome.skipped:
-            tqdm.write(f"{outcome.case_id}: {outcome.labels_path} exists, skipped", file=sys.stdout)
-            return
-        tqdm.write(f"{outcome.case_id}: {outcome.labels_path} ({outcome.seconds:.1f} s)", file=sys.stdout)
-        if outcome.statistics is not None:
-            tqdm.write(format_statistics(outcome.statistics), file=sys.stdout)
-
-    try:
-        outcomes = segment(predictor, args.input, args.output, options, on_case=report, shard=shard)
-    finally:
-        windows.close()
-        cases.close()
-    done = [o for o in outcomes if not o.skipped]
-    logger.info(
-        "segmented %d case(s), skipped %d finished; outputs in %s", len(done), len(outcomes) - len(done), args.output
-    )
-    return 0
-
-
-def _check_predict_options(args: argparse.Namespace) -> None:
-    """Refuse bad option values before the model is loaded and any case is read."""
-    import math
-
-    from volseg.inference.label_outputs import check_formats, parse_formats
-
-    args.label_extension, args.formats = parse_formats(args.format)
-    check_formats(args.formats)  # dicom-seg: is highdicom installed?
-    if args.reference_dicom is not None:
-        if "dicom-seg" not in args.formats:
-            raise ConfigError("--reference-dicom is for --format dicom-seg; add dicom-seg to --format or leave it out")
-        if not Path(args.reference_dicom).is_dir():
-            raise InputFileError(f"--reference-dicom {args.reference_dicom}: no such folder (give a DICOM series)")
-    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
-        raise ConfigError(f"--overlap {args.overlap} is not valid; allowed: 0 <= overlap < 1")
-    if args.batch not in (None, "auto"):
-        if not args.batch.lstrip("-").isdigit() or int(args.batch) < 1:
-            raise ConfigError(
-                f"--batch {args.batch} is not valid; allowed: auto, or 1 or more windows per network call"
-            )
-        args.batch = int(args.batch)
-    if args.min_size is not None and not (math.isfinite(args.min_size) and args.min_size >= 0):
-        raise ConfigError(f"--min-size {args.min_size} is not valid; allowed: a volume in mL, 0 or more")
-
-
 def evaluate_command(args: argparse.Namespace) -> int:
     from volseg.data.label_space import BRATS_REGIONS
     from volseg.metrics import evaluate_files, evaluate_folders, summarise, write_report_csv
@@ -339,14 +245,15 @@ def quantize_command(args: argparse.Namespace) -> int:
     def on_case(stage: str, case_id: str, index: int, total: int) -> None:
         logger.info("%s %d/%d: %s", stage, index, total, case_id)
 
-    result = quantize_checkpoint(
-        load_checkpoint(resolve_model(args.model)),
-        args.calibration,
-        validation=args.validation,
-        max_drop=args.max_drop,
-        calibration_cases=args.calibration_cases,
-        on_case=on_case,
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: stdout holds only the report
+        result = quantize_checkpoint(
+            load_checkpoint(resolve_model(args.model)),
+            args.calibration,
+            validation=args.validation,
+            max_drop=args.max_drop,
+            calibration_cases=args.calibration_cases,
+            on_case=on_case,
+        )
     print(format_report(result.report))
     save_checkpoint(result.checkpoint, args.output)
     logger.info("wrote %s", args.output)

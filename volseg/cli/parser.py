@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import volseg.cli.commands as commands
+import volseg.cli.predict as predict_cli
 from volseg._version import __version__
 
 
@@ -156,9 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.add_argument(
+        "--report",
+        metavar="PATH",
+        help="the run report's JSON (default OUTPUT/report.json for a folder run); report.html, a QC page, "
+        "and report_previews/ go beside it",
+    )
+    predict.add_argument("--no-report", action="store_true", help="write no run report")
+    predict.add_argument(
         "--shard", metavar="I/N", help="segment only shard I of N of a folder's cases (job arrays; balanced by size)"
     )
-    predict.set_defaults(handler=commands.predict_command, runtime=True)
+    predict.set_defaults(handler=predict_cli.predict_command, runtime=True)
 
     evaluate = subcommands.add_parser("evaluate", parents=[common], help="compare predictions with reference labels")
     evaluate.add_argument("prediction", help="predicted label file or folder")

@@ -53,7 +53,7 @@ INSTALL_HINT = "pip install 'volseg[openvino]'"
 #: Part of the disk cache key: change it when the conversion changes what it writes.
 CONVERSION_VERSION = 1
 #: Converted and compiled models kept per process (least recently used dropped first).
-PROCESS_CACHE_SIZE = 8
+PROCESS_CACHE_SIZE = 4
 #: Key of the int8 network in a checkpoint written by ``volseg quantize``.
 CHECKPOINT_KEY = "openvino"
 

@@ -155,13 +155,13 @@ class Predictor:
             )
         self.transforms = inference_transforms(config.preprocessing)
         self.fingerprint = fingerprint
+        self._backend_options = dict(backend=backend or inference.backend, model=openvino_model, cache_dir=cache_dir)
+        self._runner, self._runner_source, self._backend_source = None, None, self.network
         self.backend = resolve_backend(backend or inference.backend, self.device, self.network, model=openvino_model)
         if openvino_model is not None and self.backend == "torch":
             logger.info(
                 "backend torch: the %s OpenVINO network is not used, the float32 weights are", openvino_model.precision
             )
-        #: what the sliding window calls: ``network`` itself, or its OpenVINO runner
-        self.runner = runner_for(self.network, self.backend, model=openvino_model, cache_dir=cache_dir)
 
     @classmethod
     def from_checkpoint(cls, path_or_name: str | Path, **options: Any) -> Predictor:
@@ -176,6 +176,22 @@ class Predictor:
                     "%s records no training fingerprint: inputs are not compared with its training scans", path_or_name
                 )
         return cls(model_from_checkpoint(checkpoint), checkpoint_config(checkpoint), **options)
+
+    @property
+    def runner(self) -> Any:
+        """What the sliding window calls: :attr:`network` itself, or its OpenVINO runner (made on first
+        use; made again, with the backend resolved again, when :attr:`network` is replaced)."""
+        options = self._backend_options
+        if self.network is not self._backend_source:  # replaced: the checkpoint's OpenVINO network is not its
+            options["model"] = None
+            self.backend = resolve_backend(options["backend"], self.device, self.network)
+            self._backend_source = self.network
+        if self._runner_source is not self.network:
+            self._runner = runner_for(
+                self.network, self.backend, model=options["model"], cache_dir=options["cache_dir"]
+            )
+            self._runner_source = self.network
+        return self._runner
 
     @property
     def channel_names(self) -> list[str]:

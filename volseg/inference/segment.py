@@ -18,7 +18,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import nibabel as nib
 import numpy as np
 
-from volseg.errors import ConfigError, OutputExistsError
+from volseg.errors import ConfigError, OutputExistsError, VolsegError
 from volseg.inference import label_outputs
 from volseg.inference.inputs import PredictionInput, find_inputs
 from volseg.inference.postprocess import (
@@ -70,6 +71,8 @@ class OutputOptions:
     reference_dicom: str | Path | None = None
     #: the model's name, recorded in DICOM-SEG files
     model_name: str = "volseg model"
+    #: folder for the run report's small previews (None: none are drawn unless ``preview``)
+    report_previews: Path | None = None
 
 
 @dataclass
@@ -83,6 +86,20 @@ class CaseOutcome:
     seconds: float = 0.0
     statistics: list[dict[str, Any]] | None = None
     warnings: list[str] = field(default_factory=list)
+    #: seconds spent reading the input, predicting (preprocessing, network, back to the input grid),
+    #: writing and drawing previews
+    timings: dict[str, float] = field(default_factory=dict)
+    #: label name -> volume in mL of the written label map
+    volumes_ml: dict[str, float] | None = None
+    #: why the case failed (it then has no outputs)
+    error: str | None = None
+    #: the preview written for the run report, if any
+    report_preview: Path | None = None
+
+    @property
+    def status(self) -> str:
+        """``"done"``, ``"skipped"`` (finished by an earlier run) or ``"failed"``."""
+        return "failed" if self.error is not None else "skipped" if self.skipped else "done"
 
 
 def output_paths(labels_path: Path) -> dict[str, Path]:
@@ -160,7 +177,13 @@ def segment(
         if finished and not options.overwrite:
             outcome = CaseOutcome(case.case_id, labels_path, skipped=True)
         else:
-            outcome = segment_case(predictor, case, labels_path, options)
+            try:
+                outcome = segment_case(predictor, case, labels_path, options)
+            except VolsegError as error:  # reported (the run report lists it), then the run stops
+                if on_case is not None:
+                    failed = CaseOutcome(case.case_id, labels_path, skipped=False, error=str(error))
+                    on_case(failed, index + 1, len(pairs))
+                raise
         outcomes.append(outcome)
         if on_case is not None:
             on_case(outcome, index + 1, len(pairs))
@@ -169,8 +192,10 @@ def segment(
 
 def segment_case(predictor: Predictor, case: PredictionInput, labels_path: Path, options: OutputOptions) -> CaseOutcome:
     """Segment one case and write its outputs (the label file last)."""
+    started = time.perf_counter()
     ct = predictor.config.preprocessing.intensity == "ct"
     channels, nonfinite = read_channels(case, strict=options.strict, ct=ct)
+    read_seconds = time.perf_counter() - started
     source = None  # the DICOM series, read and checked against the input's grid before predicting
     if "dicom-seg" in options.formats:
         source = label_outputs.load_dicom_source(case, channels[0], options.reference_dicom)
@@ -181,6 +206,7 @@ def segment_case(predictor: Predictor, case: PredictionInput, labels_path: Path,
         uncertainty=options.uncertainty,
         strict=options.strict,
     )
+    writing = time.perf_counter()
     space = predictor.label_space
     labels = postprocess(prediction.labels, prediction, options, space.regions)
     labels = space.to_convention(labels, case.brats_convention)
@@ -203,31 +229,53 @@ def segment_case(predictor: Predictor, case: PredictionInput, labels_path: Path,
         if prediction.warnings:  # how the input differs from the training scans, likewise
             statistics = [{**row, "input_warnings": prediction.warnings} for row in statistics]
         write_statistics(statistics, side["stats"], overwrite=True)
-    if options.preview:
+    previews = [side["preview"]] if options.preview else []
+    if options.report_previews is not None and not options.preview:
+        previews.append(options.report_previews / f"{case.case_id}.png")
+    drawing = time.perf_counter()
+    if previews:
         image, label_view, spacing = ras_views(reference.channels_first()[0], labels, reference.affine)
-        render_preview(
-            image,
-            label_view,
-            spacing=spacing,
-            path=side["preview"],
-            label_names=space.names_in(case.brats_convention),
-            title=case.case_id,
-            overwrite=True,
-        )
+        for path in previews:
+            render_preview(
+                image,
+                label_view,
+                spacing=spacing,
+                path=path,
+                label_names=space.names_in(case.brats_convention),
+                title=case.case_id,
+                overwrite=True,
+            )
+    preview_seconds = time.perf_counter() - drawing
     segments = label_outputs.segments_of(space, case.brats_convention, predictor.config.data.label_codes)
     with label_outputs.written_beside(
         labels, reference, side, segments, options.formats, source=source, model_name=options.model_name
     ):
         write_volume(labels_path, labels, reference, overwrite=True)  # last: it marks a finished case
     logger.debug("%s: %.2f s", case.case_id, prediction.seconds)
+    finished = time.perf_counter()
     return CaseOutcome(
         case.case_id,
         labels_path,
         skipped=False,
-        seconds=prediction.seconds,
+        seconds=finished - started,
         statistics=statistics,
         warnings=prediction.warnings,
+        timings={
+            "read": read_seconds,
+            "predict": prediction.seconds,
+            "write": finished - writing - preview_seconds,
+            "preview": preview_seconds,
+        },
+        volumes_ml=label_volumes(labels, reference.spacing, space.names_in(case.brats_convention)),
+        report_preview=previews[-1] if previews else None,
     )
+
+
+def label_volumes(labels: np.ndarray, spacing: Sequence[float], names: Mapping[int, str]) -> dict[str, float]:
+    """Label name -> volume in mL of ``labels`` (*S) with voxel ``spacing`` (mm), every named label."""
+    counts = np.bincount(labels.ravel().astype(np.int64, copy=False), minlength=max(names, default=0) + 1)
+    voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
+    return {name: round(float(counts[value]) * voxel_ml, 4) for value, name in names.items()}
 
 
 _STRICT_HINT = "refused by --strict; without it they are replaced by 0 (CT: the image minimum)"

@@ -27,6 +27,7 @@ from nibabel.spatialimages import HeaderDataError
 from numpy.lib import recfunctions
 
 from volseg.errors import InputFileError
+from volseg.io.dicom_geometry import frames_of, series_order
 from volseg.io.naming import NOT_VOLUMES, Format
 from volseg.io.volume import Volume, _check_affine, _check_shape, _fail
 from volseg.lazy import sitk  # SimpleITK, imported on first use
@@ -210,6 +211,9 @@ def quiet_itk() -> Iterator[None]:
 
 
 def _read_dicom_series(folder: Path, series_id: str | None, max_bytes: int) -> Volume:
+    """The one series (or ``series_id``) of a folder: its image stack in position order, with
+    localizers left out and uneven spacing refused (:func:`~volseg.io.dicom_geometry.series_order`); a
+    series of one file is read as that file (a multi-frame file's frames are checked)."""
     reader = sitk.ImageSeriesReader()
     with quiet_itk():
         ids = list(reader.GetGDCMSeriesIDs(str(folder)))
@@ -223,7 +227,11 @@ def _read_dicom_series(folder: Path, series_id: str | None, max_bytes: int) -> V
         )
     if series_id is not None and series_id not in ids:
         raise _fail(folder, f"has no DICOM series {series_id!r}; found: {', '.join(ids)}")
-    files = reader.GetGDCMSeriesFileNames(str(folder), series_id or ids[0])
+    with quiet_itk():
+        files = list(reader.GetGDCMSeriesFileNames(str(folder), series_id or ids[0]))
+        if len(files) == 1:
+            return _read_dicom_file(Path(files[0]), max_bytes)
+        files, stack = series_order(folder, files)
     info = sitk.ImageFileReader()
     info.SetFileName(files[0])
     try:
@@ -232,17 +240,13 @@ def _read_dicom_series(folder: Path, series_id: str | None, max_bytes: int) -> V
         shape = tuple(info.GetSize()[:2]) + (len(files),) + ((comps,) if comps > 1 else ())
         _check_shape(folder, shape, _itk_itemsize(info.GetPixelID()), max_bytes)
         reader.SetFileNames(files)
-        with quiet_itk():
+        with quiet_itk():  # ITK notes rounding-level spacing deviations (uneven slices were refused)
             image = reader.Execute()
     except RuntimeError as err:
         raise _fail(folder, f"unreadable DICOM series ({_itk_message(err)})") from err
-    if image.HasMetaDataKey("ITK_non_uniform_sampling_deviation"):
-        logger.warning(
-            "%s: DICOM slices are unevenly spaced (missing slices?); the slice "
-            "spacing is an average and the geometry may be wrong",
-            folder,
-        )
-    return _from_sitk(image, folder)
+    volume = _from_sitk(image, folder)
+    volume.affine = stack.affine(folder, volume.affine, volume.spatial_shape)
+    return volume
 
 
 def _write_nifti(tmp: Path, array: np.ndarray, affine: np.ndarray, header: Any) -> None:
@@ -339,7 +343,8 @@ def _read_nibabel(path: Path, fmt: Format, max_bytes: int, fixes: list[str], *, 
 
 def _read_dicom_file(path: Path, max_bytes: int) -> Volume:
     """One DICOM file: the whole series from its folder when the folder holds more of it (with a
-    note), else the file alone (one slice, or the frames of a multi-frame enhanced DICOM)."""
+    note), else the file alone (one slice, or the frames of a multi-frame enhanced DICOM, always
+    alone and checked against the positions its functional groups give them)."""
     info = sitk.ImageFileReader()
     info.SetFileName(str(path))
     info.SetImageIO("GDCMImageIO")
@@ -349,7 +354,9 @@ def _read_dicom_file(path: Path, max_bytes: int) -> Volume:
     except RuntimeError as err:
         raise _fail(path, f"not a readable DICOM file ({_itk_message(err)})") from err
     series = info.GetMetaData("0020|000e").strip() if info.HasMetaDataKey("0020|000e") else ""
-    if series:
+    frames = info.GetMetaData("0028|0008").strip() if info.HasMetaDataKey("0028|0008") else ""
+    multi_frame = frames.isdigit() and int(frames) > 1
+    if series and not multi_frame:
         with quiet_itk():
             files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path.parent), series)
         if len(files) > 1:
@@ -357,8 +364,12 @@ def _read_dicom_file(path: Path, max_bytes: int) -> Volume:
                 "%s: one file of a %d-file DICOM series; reading the series from %s", path, len(files), path.parent
             )
             return _read_dicom_series(path.parent, series, max_bytes)
+    stack = frames_of(path) if multi_frame else None  # before the pixel data are read
     with quiet_itk():
-        return _read_itk_file(path, max_bytes)
+        volume = _read_itk_file(path, max_bytes)
+    if stack is not None:
+        volume.affine = stack.affine(path, volume.affine, volume.spatial_shape)
+    return volume
 
 
 def write_file(
