@@ -155,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
         "for a CT model, with a warning) and inputs unlike the model's training scans: another modality "
         "(CT/MRI), field of view or voxel spacing (default: a warning each)",
     )
+    predict.add_argument(
+        "--fast",
+        action="store_true",
+        help="fewer network evaluations: no mirroring, one window over the whole volume where that is "
+        "cheap, else windows with overlap 0.25 (docs/performance.md has its speed and accuracy)",
+    )
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.add_argument(
         "--report",

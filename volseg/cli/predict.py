@@ -63,6 +63,7 @@ def _header(args: argparse.Namespace, predictor, shard, ranks) -> dict:
         "backend": predictor.backend,
         "mirroring_axes": list(predictor.tta_flips),
         "window": list(predictor.roi_size),
+        "fast": predictor.fast,
         "overlap": predictor.overlap,
         "window_batch": predictor.sw_batch_size,
         "autocast": predictor.autocast,
@@ -137,6 +138,7 @@ def predict_command(args: argparse.Namespace) -> int:
         sw_batch_size=args.batch,
         tta=args.tta,
         mask_nonzero=args.mask_nonzero,
+        fast=args.fast,
         progress=window_progress,
         cudnn_benchmark=True,  # a command's own process: cuDNN may time its algorithms for the window shape
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -56,6 +57,14 @@ from volseg.runtime import resolve_device
 logger = logging.getLogger(__name__)
 
 UNCERTAINTY_MODES = ("entropy", "tta-variance")
+
+
+#: ``fast``: one window over the whole volume when it holds at most this many times the model's window voxels
+FAST_WINDOW_BUDGET = 4.0
+#: ``fast``: whole-volume windows are rounded up to a multiple of this per axis (fewer shapes to compile)
+FAST_WINDOW_MULTIPLE = 32
+#: ``fast``: the overlap of the model's windows where the whole volume is too large for one
+FAST_OVERLAP = 0.25
 
 
 @dataclass
@@ -105,6 +114,10 @@ class Predictor:
         cache_dir: with OpenVINO, keep converted networks here across processes.
         openvino_model: an OpenVINO network to run in place of ``network`` on the OpenVINO backend
             (the int8 network of ``volseg quantize``; :meth:`from_checkpoint` passes the checkpoint's).
+        fast: fewer network evaluations (``volseg predict --fast``): no mirroring, one window over
+            the whole preprocessed volume where it is at most :data:`FAST_WINDOW_BUDGET` times the
+            model's window (rounded up to :data:`FAST_WINDOW_MULTIPLE` voxels per axis, so cases share
+            compiled shapes), else the model's windows with overlap 0.25 unless ``overlap`` is given.
     """
 
     def __init__(
@@ -126,19 +139,21 @@ class Predictor:
         backend: str | None = None,
         cache_dir: str | Path | None = None,
         openvino_model: OpenVINOModel | None = None,
+        fast: bool = False,
     ) -> None:
         self.config = config
         self.device = resolve_device(device)
         self.network = network.to(self.device).eval()
         inference = config.inference
         self.roi_size = list(inference.roi_size or config.sampling.patch_size)
-        self.overlap = inference.overlap if overlap is None else overlap
+        self.fast = bool(fast)
+        self.overlap = (FAST_OVERLAP if self.fast else inference.overlap) if overlap is None else overlap
         self.sw_batch_size = inference.sw_batch_size if sw_batch_size is None else sw_batch_size
         if not 0.0 <= self.overlap < 1.0:  # checked here, before any case is read
             raise ConfigError(f"overlap={self.overlap} is not valid; allowed: 0 <= overlap < 1")
         check_sw_batch_size(self.sw_batch_size)
         self.blend = blend or inference.blend
-        tta = self.device.type == "cuda" if tta is None else tta
+        tta = self.device.type == "cuda" and not self.fast if tta is None else tta
         self.tta_flips = (list(inference.tta_flips) or list(range(self.network.spatial_dims))) if tta else []
         self.autocast = default_autocast(self.device) if autocast == "auto" else autocast
         if self.autocast not in (None, "fp16", "bf16"):
@@ -307,9 +322,10 @@ class Predictor:
             progress=self.progress,
         )
         image = image.to(self.device)
+        roi = self.window_for(image.shape[2:])
         if not with_variance:
             logits = sliding_window_inference(
-                self.runner, image, self.roi_size, tta_flips=self.tta_flips, output_device="auto", **options
+                self.runner, image, roi, tta_flips=self.tta_flips, output_device="auto", **options
             )
             return logits[0], None
         flips = flip_combinations(self.tta_flips or range(self.network.spatial_dims))
@@ -317,13 +333,30 @@ class Predictor:
         for flip in flips:
             dims = [axis + 2 for axis in flip]
             logits = sliding_window_inference(
-                self.runner, image.flip(dims) if dims else image, self.roi_size, output_device="cpu", **options
+                self.runner, image.flip(dims) if dims else image, roi, output_device="cpu", **options
             )
             probs = self._activate((logits.flip(dims) if dims else logits)[0])
             total = probs if total is None else total + probs
             squares = probs.square() if squares is None else squares + probs.square()
         mean = total / len(flips)
         return mean, (squares / len(flips) - mean.square()).clamp_min(0)
+
+    def window_for(self, spatial: Sequence[int]) -> list[int]:
+        """The sliding window for a preprocessed image of ``spatial`` size: the model's, or with
+        :attr:`fast` the whole image where that is cheap enough (see the class notes)."""
+        if not self.fast:
+            return self.roi_size
+        rounded = [
+            max(r, -(-int(s) // FAST_WINDOW_MULTIPLE) * FAST_WINDOW_MULTIPLE) for s, r in zip(spatial, self.roi_size)
+        ]
+        whole = self.network.nearest_valid_shape(rounded, "up")
+        if (
+            whole is None
+            or list(self.network.output_shape(whole)) != list(whole)  # valid convolutions: keep the tiling
+            or math.prod(whole) > FAST_WINDOW_BUDGET * math.prod(self.roi_size)
+        ):
+            return self.roi_size
+        return list(whole)
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (K, *S) -> probabilities (K, *S), by the label space's activation."""
