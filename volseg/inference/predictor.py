@@ -344,8 +344,8 @@ class Predictor:
     def window_for(self, spatial: Sequence[int]) -> list[int]:
         """The sliding window for a preprocessed image of ``spatial`` size: the model's, or with
         :attr:`fast` the whole image where that is cheap enough (see the class notes)."""
-        if not self.fast:
-            return self.roi_size
+        if not self.fast or all(int(s) <= r for s, r in zip(spatial, self.roi_size)):
+            return self.roi_size  # one model window already covers it: padding it further only costs
         rounded = [
             max(r, -(-int(s) // FAST_WINDOW_MULTIPLE) * FAST_WINDOW_MULTIPLE) for s, r in zip(spatial, self.roi_size)
         ]
