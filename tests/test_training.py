@@ -15,6 +15,7 @@ import pytest
 import torch
 from monai.data import Dataset
 from monai.transforms import Compose, RandomizableTransform
+from tiny_runs import NO_AUGMENTATION, tiny_data
 
 import volseg.data.loader as loader_module
 import volseg.training.trainer as training_module
@@ -26,30 +27,10 @@ from volseg.errors import ConfigError, OutputExistsError, TrainingError
 from volseg.training import Trainer, resolve_precision, train
 from volseg.training.distributed import DistributedContext
 
-AUGMENTATIONS = [
-    "flip",
-    "rotate90",
-    "affine",
-    "elastic",
-    "noise",
-    "blur",
-    "brightness",
-    "contrast",
-    "gamma",
-    "low_resolution",
-]
-NO_AUGMENTATION = {name: {"prob": 0.0} for name in AUGMENTATIONS}
-
 
 def tiny_config(root, **sections):
     values = {
-        "data": {
-            "root": str(root),
-            "channels": ["MRI"],
-            "labels": {0: "background", 1: "outer", 2: "inner"},
-            "num_folds": 2,
-            "num_workers": 0,
-        },
+        "data": tiny_data(root),
         "network": {"options": {"features": [8, 16]}},
         "sampling": {"patch_size": [16, 16, 16], "batch_size": 2, "foreground_ratio": 0.5},
         "augmentation": NO_AUGMENTATION,

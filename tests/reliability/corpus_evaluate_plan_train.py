@@ -24,6 +24,7 @@ from corpus_support import (
     nifti,
     raw_bytes,
 )
+from tiny_runs import NO_AUGMENTATION, tiny_data
 
 # ----------------------------------------------------------------------------- builders
 
@@ -71,30 +72,10 @@ def msd(c: Ctx, cases: int = 4, change: Callable[[Path, int], None] | None = Non
 
 def train_config(root: Path, **sections) -> dict:
     values = {
-        "data": {
-            "root": str(root),
-            "channels": ["MRI"],
-            "labels": {0: "background", 1: "outer", 2: "inner"},
-            "num_folds": 2,
-            "num_workers": 0,
-            "cache": "memory",
-        },
+        "data": tiny_data(root, cache="memory"),
         "network": {"options": {"features": [4, 8]}},
         "sampling": {"patch_size": [16, 16, 16], "batch_size": 1},
-        "augmentation": {
-            name: {"prob": 0.0}
-            for name in (
-                "flip",
-                "affine",
-                "elastic",
-                "noise",
-                "blur",
-                "brightness",
-                "contrast",
-                "gamma",
-                "low_resolution",
-            )
-        },
+        "augmentation": NO_AUGMENTATION,
         "loss": {"deep_supervision": False},
         "training": {"epochs": 1, "iterations_per_epoch": 1, "device": "cpu"},
         "inference": {"sw_batch_size": 2},

@@ -30,6 +30,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from tiny_runs import tiny_data
 
 from volseg.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from volseg.cli import main
@@ -49,14 +50,7 @@ NO_AUGMENTATION = {
 def tiny_config(root: Path, epochs: int = 4):
     return config_from_dict(
         {
-            "data": {
-                "root": str(root),
-                "channels": ["MRI"],
-                "labels": {0: "background", 1: "outer", 2: "inner"},
-                "num_folds": 2,
-                "num_workers": 0,
-                "cache": "memory",
-            },
+            "data": tiny_data(root, cache="memory"),
             "network": {"options": {"features": [4, 8]}},
             "sampling": {"patch_size": [16, 16, 16], "batch_size": 2, "foreground_ratio": 0.5},
             "augmentation": {**NO_AUGMENTATION, **AUGMENTED},
