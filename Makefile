@@ -8,7 +8,7 @@ TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.volseg-installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test test-fast lint demo int8-bundles bench-env gpu-wheels gpu-check clean
+.PHONY: install browser test test-fast lint demo int8-bundles bench-env gpu-wheels gpu-check clean
 
 install: $(STAMP)
 
@@ -18,9 +18,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev,openvino]"
 	touch $(STAMP)
 
+# The run report's QC page is tested in a real browser: Debian's chromium, installed here when
+# missing and apt can (as root); otherwise that one test skips with its reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		{ apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
+		apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || echo "chromium is not installed: the QC page test will skip"
+
 # Everything that can run here: lint, then the whole suite (tests marked gpu skip without CUDA,
-# realdata ones without ../shared/data).
-test: $(STAMP) lint
+# realdata ones without ../shared/data, the QC page test without chromium).
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The fast tier for the edit-test loop: no slow, real-data or GPU tests (about a minute on 2 cores).
