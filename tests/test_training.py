@@ -267,6 +267,7 @@ def test_compile_wraps_the_ddp_model(tmp_path, dataset, monkeypatch):
 
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", RecordingDDP)
     monkeypatch.setattr(torch, "compile", Compiled)
+    monkeypatch.setattr(training_module.distributed, "check_same_start", lambda *args: None)  # no process group
     two_ranks = DistributedContext(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
     trainer = Trainer(tiny_config(dataset, training={"compile": True}), tmp_path / "run", context=two_ranks)
     assert isinstance(trainer.model, Compiled)
@@ -349,6 +350,7 @@ def test_a_run_builds_one_loader_frees_it_and_restores_the_determinism_flags(tmp
 
 def test_memory_cache_under_ddp_logs_that_each_rank_holds_a_copy(tmp_path, dataset, monkeypatch, caplog):
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda module, **options: module)
+    monkeypatch.setattr(training_module.distributed, "check_same_start", lambda *args: None)  # no process group
     two_ranks = DistributedContext(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
     with caplog.at_level(logging.WARNING, logger="volseg.training.trainer"):
         Trainer(tiny_config(dataset, data={"cache": "disk"}), tmp_path / "disk", context=two_ranks)

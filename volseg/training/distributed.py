@@ -1,9 +1,13 @@
-"""Data-parallel training across processes: ``torchrun --nproc_per_node N -m volseg train CONFIG``.
+"""Data-parallel training across processes and machines, started by torchrun.
 
-torchrun describes the job in the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``);
-without it the job is a single process. NCCL joins GPUs, gloo joins CPU processes. A process
-stays in the group it joined until it exits (cross-validation trains every fold in it), and
-leaves it then.
+One machine: ``torchrun --nproc_per_node N -m volseg train CONFIG``. Several: the same command
+on every node with ``--nnodes M --rdzv-backend c10d --rdzv-endpoint HOST0:PORT --rdzv-id JOB``.
+torchrun describes the job in the environment: ``RANK`` (global: rank 0 alone writes the run
+folder), ``LOCAL_RANK`` (which GPU of this node), ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE`` (the
+processes sharing this node's cores), ``MASTER_ADDR``/``MASTER_PORT`` (read by
+``init_process_group``) and ``TORCHELASTIC_RESTART_COUNT`` (``--max-restarts``); without it the
+job is a single process. NCCL joins GPUs, gloo joins CPU processes. A process stays in the group
+it joined until it exits (cross-validation trains every fold in it), and leaves it then.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from volseg.config import Config, load_config
+from volseg.errors import TrainingError
 from volseg.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -33,7 +40,7 @@ class DistributedContext:
 
     @property
     def is_main(self) -> bool:
-        """Only the main process writes files and shows progress."""
+        """Only the main process (global rank 0) writes files and shows progress."""
         return self.rank == 0
 
     @property
@@ -62,11 +69,51 @@ def ranks_on_node(context: DistributedContext) -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", context.world_size))
 
 
+def restarted_in_run(config_file: Path, config: Config) -> bool:
+    """Whether torchrun restarted the job's workers after one failed (``--max-restarts``) in the run
+    whose ``config_file`` (config.yaml) holds ``config``: they then continue it from last.pt."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0 or not config_file.is_file():
+        return False
+    if load_config(config_file) != config:
+        return False
+    logger.info("torchrun restarted the workers; continuing the run in %s", config_file.parent)
+    return True
+
+
+def data_parallel(network: torch.nn.Module, context: DistributedContext) -> torch.nn.Module:
+    """``network`` wrapped in DistributedDataParallel in a job of several processes, else itself."""
+    if not context.enabled:
+        return network
+    device_ids = [context.device.index] if context.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(network, device_ids=device_ids)
+
+
 def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
     """Sum ``tensor`` over all processes (a no-op in a single process)."""
     if context.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def mean_over_ranks(value: float, context: DistributedContext) -> float:
+    """The mean of ``value`` over all processes, rounded to float32 with any number of them."""
+    total = all_reduce_sum(torch.tensor([value], device=context.device), context)
+    return float((total / context.world_size).item())
+
+
+def check_same_start(start_epoch: int, run_dir: Path, context: DistributedContext) -> None:
+    """Raise ``TrainingError`` on every process unless all of them start at ``start_epoch``:
+    a node that sees another ``run_dir`` (not one shared folder) would train other epochs."""
+    if not context.enabled:
+        return
+    bounds = torch.tensor([start_epoch, -start_epoch], device=context.device)
+    dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+    latest, earliest = int(bounds[0]), -int(bounds[1])
+    if latest != earliest:
+        raise TrainingError(
+            f"the processes would start at different epochs ({earliest + 1} to {latest + 1}): every node "
+            f"must see the same run folder {run_dir} (a shared filesystem, mounted at the same path)"
+        )
 
 
 def barrier(context: DistributedContext) -> None:

@@ -43,7 +43,7 @@ from volseg.losses import DeepSupervisionLoss, loss_from_config
 from volseg.nn import SegmentationNetwork, create_model
 from volseg.runtime import describe as describe_runtime
 from volseg.runtime import training_flags
-from volseg.training.distributed import DistributedContext, all_reduce_sum, barrier, init_distributed, ranks_on_node
+from volseg.training import distributed
 from volseg.training.optim import LearningRateSchedule, build_optimizer
 from volseg.training.preflight import check_training_config, output_channels
 from volseg.training.run_log import RunLog
@@ -118,7 +118,8 @@ def untrained_parameters(config: Config, in_channels: int, loss: torch.nn.Module
 
 class Trainer:
     """Train ``config`` into ``run_dir``; ``resume=True`` continues from ``run_dir/last.pt``
-    (from epoch 1 when the run was stopped before its first checkpoint).
+    (from epoch 1 when the run was stopped before its first checkpoint), as do the workers
+    torchrun restarts (``--max-restarts``) in the run folder of this config.
 
     ``progress_bar`` is a tqdm-like class used on the main process (None: no bar).
     """
@@ -131,25 +132,27 @@ class Trainer:
         resume: bool = False,
         overwrite: bool = False,
         progress_bar: Any = None,
-        context: DistributedContext | None = None,
+        context: distributed.DistributedContext | None = None,
     ) -> None:
         check_training_config(config)  # before any data is read, and before the process group forms
         self.config, self.run_dir = config, Path(run_dir)
-        self.context = context or init_distributed(config.training.device)
+        self.context = context or distributed.init_distributed(config.training.device)
         self.progress_bar = progress_bar if self.context.is_main else None
         self._new_splits: tuple[list[dict[str, list[str]]], Path] | None = None
-        if not resume and (self.run_dir / LAST).exists() and not overwrite:
-            raise OutputExistsError(
-                f"{self.run_dir} holds a run already; "
-                f"use --resume {self.run_dir} to continue it or --overwrite to start again"
-            )
+        if not resume and not overwrite and (self.run_dir / LAST).exists():
+            if not distributed.restarted_in_run(self.run_dir / CONFIG_FILE, config):
+                raise OutputExistsError(
+                    f"{self.run_dir} holds a run already; "
+                    f"use --resume {self.run_dir} to continue it or --overwrite to start again"
+                )
+            resume = True
         seed = config.training.seed
         random.seed(seed)
         torch.manual_seed(seed)  # the same initial weights on every rank
         np.random.seed(seed % 2**32)
 
         train_items, self.val_items = self._split_cases()
-        self.num_workers = resolve_num_workers(config.data.num_workers, ranks_on_node(self.context))
+        self.num_workers = resolve_num_workers(config.data.num_workers, distributed.ranks_on_node(self.context))
         if config.data.cache == "memory" and self.context.enabled and self.context.is_main:
             logger.warning(
                 "data.cache=memory keeps a copy of the preprocessed training cases in each of the %d "
@@ -177,10 +180,7 @@ class Trainer:
         for name in untrained:
             self.network.get_parameter(name).requires_grad_(False)
         logger.debug("not trained (the loss never reaches them): %s", ", ".join(untrained) or "none")
-        self.model: torch.nn.Module = self.network
-        if self.context.enabled:
-            device_ids = [self.context.device.index] if self.context.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.model = distributed.data_parallel(self.network, self.context)
         if config.training.compile:  # after DDP, as PyTorch advises: its graphs then split at DDP's buckets
             self.model = torch.compile(self.model)
         self.nonfinite_streak = 0  # steps skipped in a row for an inf/NaN loss (see _skip_nonfinite)
@@ -205,6 +205,7 @@ class Trainer:
             if resume:  # killed before its first checkpoint: start it again from epoch 1
                 logger.info("%s holds no %s yet; starting the run from epoch 1", self.run_dir, LAST)
             dump_config(config, self.run_dir / CONFIG_FILE, header=f"resolved config of the run in {self.run_dir}")
+        distributed.check_same_start(self.start_epoch, self.run_dir, self.context)
         if self.context.is_main and self.fingerprint is None:  # a resumed run keeps last.pt's
             images = [item["image"] for item in train_items]  # 64 of them at most, spread evenly
             self.fingerprint = fingerprint_images(images, config, max_cases=64).to_dict()
@@ -352,12 +353,8 @@ class Trainer:
         # Every rank skipped the same steps, so the mean over ranks of the per-rank means is the
         # mean over all the steps taken (NaN when the epoch took none).
         taken = steps - skipped
-        mean_loss = torch.tensor([total_loss / taken if taken else math.nan], device=device)
-        if self.context.enabled:
-            torch.distributed.all_reduce(mean_loss)
-            mean_loss /= self.context.world_size
         return {
-            "train_loss": float(mean_loss.item()),
+            "train_loss": distributed.mean_over_ranks(total_loss / taken if taken else math.nan, self.context),
             "skipped_steps": skipped,
             "lr": lr,
             "epoch_seconds": elapsed,
@@ -379,7 +376,7 @@ class Trainer:
             outputs = self.model(images)
             loss = self.loss(outputs, labels, *maps)
         # (1,): how many ranks have a non-finite loss, reduced on the device before backward's all-reduces.
-        bad_ranks = all_reduce_sum((~torch.isfinite(loss.detach())).float().reshape(1), self.context)
+        bad_ranks = distributed.all_reduce_sum((~torch.isfinite(loss.detach())).float().reshape(1), self.context)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         value, bad = torch.cat([loss.detach().float().reshape(1), bad_ranks]).tolist()
         if bad:
@@ -458,7 +455,7 @@ class Trainer:
             logger.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
             val_metrics = {k: v for k, v in row.items() if k.startswith("val_")}
             self._save(epoch, val_metrics, is_best or self.val_dataset is None)
-            barrier(self.context)
+            distributed.barrier(self.context)
             if config.training.early_stopping and self.stale_validations >= config.training.early_stopping:
                 logger.info("early stopping: %d validations without improvement", self.stale_validations)
                 break
