@@ -103,12 +103,40 @@ def make_runner(
             )
 
         return run
+    if method.startswith("openvino"):
+        return openvino_runner(method, batch, network, roi, overlap)
     from nnunet_runner import nnunet_sliding_window
 
     runner, reason = nnunet_sliding_window(network, roi, overlap, out_channels)
     if runner is None:
         raise RuntimeError(reason)
     return runner
+
+
+def openvino_runner(method: str, batch: int | str, network, roi, overlap) -> Callable[[torch.Tensor], torch.Tensor]:
+    """volseg's sliding window on OpenVINO: 'openvino' (float32) or 'openvino-int8' (NNCF post-training
+    quantization calibrated on 3 random windows, as a first look; ``volseg quantize`` calibrates on
+    real windows and checks Dice)."""
+    from volseg import runtime
+    from volseg.inference import sliding_window_inference
+    from volseg.inference.openvino_runner import OpenVINOModel, OpenVINONetwork, convert_network
+
+    runtime.apply()
+    in_channels = next(network.parameters()).shape[1]
+    model = None
+    if method == "openvino-int8":
+        import nncf
+
+        converted = convert_network(network, (in_channels, *roi))
+        generator = torch.Generator().manual_seed(2)
+        windows = [torch.randn(1, in_channels, *roi, generator=generator).numpy() for _ in range(3)]
+        model = OpenVINOModel.from_model(nncf.quantize(converted, nncf.Dataset(windows), subset_size=3), "int8")
+    runner = OpenVINONetwork(network, model=model)
+
+    def run(image: torch.Tensor) -> torch.Tensor:
+        return sliding_window_inference(runner, image, roi, overlap=overlap, sw_batch_size=batch, blend="gaussian")
+
+    return run
 
 
 def worker(connection, method: str, batch: int | str, network_name: str, shape, roi, overlap, threads: int) -> None:
@@ -148,6 +176,14 @@ def methods(args) -> dict[str, tuple[str, int | str]]:
     table.update({f"monai sw_batch_size={b}": ("monai", b) for b in args.monai_batches if b != 1})
     table["volseg (defaults: sw_batch_size=auto)"] = ("volseg", "auto")
     table.update({f"volseg sw_batch_size={b}": ("volseg", b) for b in args.volseg_batches})
+    try:
+        import openvino  # noqa: F401
+
+        table["volseg on OpenVINO fp32 (sw_batch_size=auto)"] = ("openvino", "auto")
+        table.update({f"volseg on OpenVINO fp32 sw_batch_size={b}": ("openvino", b) for b in args.volseg_batches})
+        table["volseg on OpenVINO int8 (sw_batch_size=auto)"] = ("openvino-int8", "auto")
+    except ImportError:
+        print("# openvino not installed (pip install 'volseg[openvino]'): no OpenVINO rows")
     table["volseg auto, glibc malloc untouched"] = ("volseg-plain-malloc", "auto")
     table["volseg auto, fast_layers=False"] = ("volseg-plain-layers", "auto")
     try:
