@@ -58,10 +58,29 @@ def init_distributed(device_preference: str = "auto") -> DistributedContext:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+        timeout = datetime.timedelta(minutes=30)
+        dist.init_process_group(backend=backend, timeout=timeout, **_restart_store(rank, world_size, timeout))
         atexit.register(shutdown, context)  # at the end of the last run in this process
         logger.info("rank %d of %d joined the %s process group on %s", rank, world_size, backend, device)
     return context
+
+
+def _restart_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dict:
+    """After torchrun restarted the workers (``--max-restarts``): the process group's store under a
+    prefix of this attempt. torch 2.13 reuses the store of the failed attempt without one, and the
+    new workers then read the old workers' addresses and fail to connect ("Connection refused")."""
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if attempt == 0:
+        return {}
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=not agent_store and rank == 0,
+        timeout=timeout,
+    )
+    return {"store": dist.PrefixStore(f"volseg/attempt_{attempt}", store), "rank": rank, "world_size": world_size}
 
 
 def ranks_on_node(context: DistributedContext) -> int:
