@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from volseg.checkpoint import build_checkpoint, inference_only
+from volseg.bundled import resolve_model
+from volseg.checkpoint import build_checkpoint, inference_only, load_checkpoint
 from volseg.config import config_from_dict
 from volseg.errors import CheckpointError, ConfigError, OutputExistsError, ShapeError
 from volseg.export import describe_checkpoint, export_model, format_description
@@ -259,6 +260,13 @@ def test_format_description_is_aligned_and_readable():
     assert len(columns) == 1  # every value starts in the same column
     assert "features=[4, 8]" in text and "norm=" not in text  # only arguments that differ from the defaults
     assert "sigmoid" in text and "WT=[1, 2]" in text and "t1, flair" in text and "clip [-100.0, 200.0]" in text
+    assert "trained on:" in text and "not recorded" in text  # this checkpoint holds no training fingerprint
+
+
+def test_info_shows_the_training_fingerprint():
+    text = format_description(describe_checkpoint(load_checkpoint(resolve_model("hippocampus"))))
+    line = next(line for line in text.splitlines() if line.startswith("trained on:"))
+    assert "166 cases, MRI" in line and "field of view 31-43 x 40-59 x 24-47 mm" in line
 
 
 def test_segnet_exports_to_torchscript_and_onnx_says_why_not(tmp_path):

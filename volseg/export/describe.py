@@ -66,6 +66,7 @@ def describe_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "epoch": _plain(training.get("epoch")) if isinstance(training, dict) else None,
         "weights_dtype": weights_dtype(checkpoint["state_dict"]),
         "openvino": _openvino(checkpoint.get(CHECKPOINT_KEY)),
+        "fingerprint": _plain(checkpoint.get("fingerprint")),
     }
 
 
@@ -102,9 +103,25 @@ def format_description(description: dict[str, Any]) -> str:
         ("metrics", metrics),
         ("training state", state),
         ("weights", d["weights_dtype"] + _openvino_text(d.get("openvino"))),
+        ("trained on", _fingerprint_text(d.get("fingerprint"))),
     ]
     width = max(len(key) for key, _ in rows) + 2
     return "\n".join(f"{key + ':':<{width}}{value}" for key, value in rows)
+
+
+def _fingerprint_text(fingerprint: dict[str, Any] | None) -> str:
+    """``"166 cases, MRI; spacing 1-1 x 1-1 x 1-1 mm; field of view 31-43 x 40-59 x 24-47 mm"``."""
+    if not fingerprint:
+        return "not recorded (inputs are not compared with the training scans)"
+
+    def ranges(values: list[list[float]]) -> str:
+        return " x ".join(f"{low:g}-{high:g}" for low, high in values)
+
+    modalities = ", ".join(sorted({str(c.get("modality") or "unknown modality") for c in fingerprint["channels"]}))
+    return (
+        f"{fingerprint['cases']} cases, {modalities}; spacing {ranges(fingerprint['spacing'])} mm; "
+        f"field of view {ranges(fingerprint['field_of_view'])} mm ({fingerprint['orientation']} axes)"
+    )
 
 
 def _openvino(entry: dict[str, Any] | None) -> dict[str, Any] | None:
