@@ -5,6 +5,7 @@ are the expected segmentation (an independent check of the frame-to-slice mappin
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import highdicom as hd
@@ -91,6 +92,19 @@ def test_one_file_of_a_series_as_input_gets_the_dicom_seg_of_its_series(tmp_path
     (outcome,) = segment(value_predictor(), series / "slice003.dcm", tmp_path / "out", DICOM_SEG)
     assert outcome.labels_path.name == "slice003.nii.gz"
     check_frames_sit_on_their_source_slices(tmp_path / "out" / "slice003.dcm", series, {1: 1, 2: 2})
+
+
+def test_a_localizer_in_the_source_series_is_left_out_of_the_dicom_seg(tmp_path, write_dicom_series):
+    clean = labelled_series(tmp_path / "clean", write_dicom_series)
+    series = tmp_path / "series"
+    shutil.copytree(clean, series)
+    scout = tmp_path / "scout"  # one image of the same series, turned sideways: a localizer
+    write_dicom_series(scout, np.ones((1, 11, 11), np.int16), pydicom.dcmread(clean / "slice000.dcm").SeriesInstanceUID,
+                       direction=np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]]))  # fmt: skip
+    (scout / "slice000.dcm").rename(series / "scout.dcm")
+    (outcome,) = segment(value_predictor(), series, tmp_path / "out", DICOM_SEG)
+    assert np.array_equal(read_volume(outcome.labels_path).array, read_volume(clean).array)
+    check_frames_sit_on_their_source_slices(tmp_path / "out" / "series.dcm", clean, {1: 1, 2: 2})
 
 
 def test_display_colours_are_the_label_colours_in_cielab(tmp_path, write_dicom_series):

@@ -25,6 +25,7 @@ import numpy as np
 
 from volseg.errors import ConfigError, InputFileError, OutputExistsError, ShapeError
 from volseg.io.atomic import atomic_target
+from volseg.io.dicom_geometry import series_order
 from volseg.io.segments import Code, Segment
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,9 @@ def _series_headers(folder: Path, series_uid: str | None, what: str) -> list[Any
     datasets = next(iter(series.values()))
     if any(int(d.get("NumberOfFrames") or 1) > 1 for d in datasets):
         raise InputFileError(f"{what} '{folder}': multi-frame (enhanced) DICOM images are not supported as sources")
-    return datasets
+    # The image stack, as reading the series finds it: a localizer saved in the series is left out.
+    kept = set(series_order(folder, [str(d.filename) for d in datasets])[0])
+    return [d for d in datasets if str(d.filename) in kept]
 
 
 def _on_grid(folder: Path, datasets: list[Any], affine: np.ndarray, shape: tuple[int, ...], what: str) -> SourceSeries:
