@@ -67,6 +67,13 @@ def test_existing_files_are_kept_and_a_bad_window_is_refused(tmp_path):
     with pytest.raises(ShapeError, match="roi_size"):
         export_model(checkpoint, tmp_path / "other", fmt="openvino", roi_size=[15, 16, 16])
     assert (tmp_path / "model.json").read_text() == "{}" and not (tmp_path / "model.xml").exists()
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "model.bin").write_bytes(b"kept")  # the weights file counts too
+    with pytest.raises(OutputExistsError, match="model.bin' exists"):
+        export_model(checkpoint, tmp_path / "weights", fmt="openvino")
+    assert (tmp_path / "weights" / "model.bin").read_bytes() == b"kept"
+    export_model(checkpoint, tmp_path / "fresh", fmt="openvino")
+    assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == ["model.bin", "model.json", "model.xml"]
 
 
 def test_an_ir_that_does_not_match_pytorch_is_not_written(tmp_path, monkeypatch):

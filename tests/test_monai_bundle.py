@@ -138,3 +138,17 @@ def test_the_bundle_records_volsegs_preprocessing(tmp_path):
     assert (steps["ScaleIntensityRanged"]["b_min"], steps["ScaleIntensityRanged"]["b_max"]) == (-6.0, 6.0)
     assert inference["inferer"]["overlap"] == 0.25 and inference["inferer"]["roi_size"] == [16, 16, 16]
     assert inference["channels"] == ["t1", "flair"]
+
+
+def test_a_2d_network_is_refused(tmp_path):
+    network = create_model("unet", 2, 2, 3, features=[4, 8])
+    config = config_from_dict(
+        {
+            "data": {"channels": ["t1", "flair"], "labels": {0: "background", 1: "a", 2: "b"}},
+            "network": {"name": "unet", "spatial_dims": 2, "options": {"features": [4, 8]}},
+            "sampling": {"patch_size": [32, 32]},
+        }
+    )
+    with pytest.raises(ConfigError, match="only 3D networks"):
+        export_model(build_checkpoint(network, config), tmp_path / "bundle", fmt="monai-bundle")
+    assert not (tmp_path / "bundle").exists()

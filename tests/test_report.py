@@ -138,12 +138,17 @@ def _outputs(folder: Path) -> dict[str, bytes]:
 def test_two_torchrun_ranks_write_what_one_process_writes(tmp_path):
     folder = _folder(tmp_path, 8)
     assert _predict(folder, tmp_path / "one") == 0
+    (tmp_path / "two").mkdir()
+    for rank in (1, 2):  # parts an earlier, failed job left: not this job's
+        stale = {"header": {}, "cases": [{"case_id": f"stale{rank}", "status": "failed", "error": "old"}]}
+        (tmp_path / "two" / f"report.part-{rank}.json").write_text(json.dumps(stale))
     run = _torchrun(folder, tmp_path / "two", 2)
     _, stderr = run.communicate(timeout=300)
     assert run.returncode == 0, stderr[-3000:]
     assert _outputs(tmp_path / "two") == _outputs(tmp_path / "one") and len(_outputs(tmp_path / "one")) == 8
     report = json.loads((tmp_path / "two" / "report.json").read_text())
     assert report["options"]["processes"] == 2 and report["summary"]["done"] == 8
+    assert [row["case_id"] for row in report["cases"]] == [f"c{i}" for i in range(8)]
     assert not list((tmp_path / "two").glob("report.part-*.json"))
 
 

@@ -68,3 +68,11 @@ def test_shard_of_a_single_case_is_refused(tmp_path, capsys):
     argv = ["predict", "-m", "hippocampus", "-i", str(folder / "c0.nii.gz"), "-o", str(tmp_path / "o.nii.gz")]
     assert main([*argv, "--shard", "0/2"]) == 2
     assert "splits a folder of cases" in capsys.readouterr().err
+
+
+def test_a_shard_of_one_case_is_skipped_on_a_rerun_not_refused(tmp_path, capsys):
+    folder = _folder(tmp_path, count=2)
+    argv = ["predict", "-m", "hippocampus", "-i", str(folder), "-o", str(tmp_path / "out"), "--shard", "0/2"]
+    assert main([*argv, "--quiet"]) == 0
+    assert main(argv) == 0  # a torchrun rank or job-array shard started again finishes, as the docs say
+    assert "exists, skipped" in capsys.readouterr().out

@@ -129,9 +129,14 @@ def predict_command(args: argparse.Namespace) -> int:
         windows.total = total
         windows.update(done - windows.n)
 
+    device = args.device
+    if ranks is not None:  # each rank of a machine on its own GPU, where there are GPUs
+        from volseg.runtime import resolve_device
+
+        device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
     predictor = Predictor.from_checkpoint(
         args.model,
-        device=args.device,
+        device=device,
         backend=args.backend,
         cache_dir=args.cache_dir or default_cache_dir(),
         overlap=args.overlap,

@@ -75,6 +75,11 @@ def export_monai_bundle(
         if path.exists() and not overwrite:
             raise OutputExistsError(f"'{path}' exists; pass --overwrite to replace it")
     config, space = checkpoint_config(checkpoint), checkpoint_label_space(checkpoint)
+    if config.network.spatial_dims != 3:
+        raise ConfigError(
+            f"network.spatial_dims={config.network.spatial_dims}: a MONAI bundle runs its sliding window over "
+            "the 3D volume, so only 3D networks can be exported as one (volseg predict runs 2D ones slice by slice)"
+        )
     model = model_from_checkpoint(checkpoint)
     roi = [int(r) for r in default_roi_size(config)]
     if list(model.output_shape(tuple(roi))) != roi:

@@ -47,7 +47,7 @@ def export_openvino(
     """
     ov = load_openvino("volseg export --format openvino")
     checkpoint = check_checkpoint(checkpoint)
-    xml_path, json_path = output_paths(out_dir, [FILE_NAMES["openvino"], "model.json"], overwrite)
+    xml_path, _, json_path = output_paths(out_dir, [FILE_NAMES["openvino"], "model.bin", "model.json"], overwrite)
     config = checkpoint_config(checkpoint)
     network = model_from_checkpoint(checkpoint)
     roi = check_roi(network, roi_size if roi_size is not None else default_roi_size(config))
@@ -57,7 +57,9 @@ def export_openvino(
     if int8 is None:
         _check_against_torch(network, runner, roi)
 
-    with tempfile.TemporaryDirectory() as folder:
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    # Beside the outputs, so that moving the files into place never crosses file systems.
+    with tempfile.TemporaryDirectory(dir=xml_path.parent, prefix=".tmp-openvino-") as folder:
         ov.save_model(model.clone(), Path(folder) / "model.xml", compress_to_fp16=False)
         for name in ("model.bin", "model.xml"):  # the weights first: an xml is never left without them
             with atomic_target(xml_path.parent / name) as temporary:

@@ -87,7 +87,11 @@ def dicom_source(case: PredictionInput, reference_dicom: str | Path | None) -> t
     if len(case.images) == 1 and first.name.lower().endswith(".dcm"):
         import pydicom
 
-        return first.parent, str(pydicom.dcmread(first, stop_before_pixels=True).get("SeriesInstanceUID", ""))
+        try:
+            header = pydicom.dcmread(first, stop_before_pixels=True, force=True)
+        except (OSError, ValueError, EOFError) as error:
+            raise InputFileError(f"{first}: not a readable DICOM file ({error})") from None
+        return first.parent, str(header.get("SeriesInstanceUID", ""))
     return None
 
 

@@ -92,7 +92,7 @@ class Predictor:
     Args:
         network: the trained network.
         config: its run config (labels/regions, channels, preprocessing, inference defaults).
-        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``, or a ``torch.device``.
         overlap, sw_batch_size, blend: override the checkpoint's inference defaults.
         tta: mirror over every spatial axis (default: on with CUDA, off on CPU where it
             multiplies the time).
@@ -125,7 +125,7 @@ class Predictor:
         network: SegmentationNetwork,
         config: Config,
         *,
-        device: str = "auto",
+        device: str | torch.device = "auto",
         overlap: float | None = None,
         sw_batch_size: int | None = None,
         blend: str | None = None,
@@ -142,7 +142,7 @@ class Predictor:
         fast: bool = False,
     ) -> None:
         self.config = config
-        self.device = resolve_device(device)
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.network = network.to(self.device).eval()
         inference = config.inference
         self.roi_size = list(inference.roi_size or config.sampling.patch_size)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import os
 import platform
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,6 +31,8 @@ from volseg.io.atomic import write_text
 
 if TYPE_CHECKING:
     from volseg.inference.segment import CaseOutcome
+
+logger = logging.getLogger(__name__)
 
 REPORT_FORMAT = "volseg-run-report"
 REPORT_VERSION = 1
@@ -88,17 +91,23 @@ def case_row(outcome: CaseOutcome, outputs: Iterable[Path], preview: Path | None
     }
 
 
+def part_path(report: str | Path, rank: int) -> Path:
+    """Where process ``rank`` writes its part of ``report``."""
+    report_json = report_paths(report)["json"]
+    return report_json.with_name(f"{report_json.stem}.part-{rank}.json")
+
+
 def write_part(report: str | Path, rank: int, header: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write this process's part of the report (atomically); returns its path."""
-    path = report_paths(report)["json"].with_name(f"{report_paths(report)['json'].stem}.part-{rank}.json")
+    path = part_path(report, rank)
     write_text(path, json.dumps({"header": dict(header), "cases": list(rows)}, indent=1) + "\n")
     return path
 
 
-def merge_parts(report: str | Path, header: Mapping[str, Any]) -> dict[str, Any]:
-    """The report from the rows of an earlier report and every part beside ``report`` (a part's
-    row replaces the earlier one, except that a case skipped now keeps its earlier finished row);
-    flags the volume outliers."""
+def merge_parts(report: str | Path, header: Mapping[str, Any], parts: Sequence[Path] | None = None) -> dict[str, Any]:
+    """The report from the rows of an earlier report and ``parts`` (default: every part beside
+    ``report``; a part's row replaces the earlier one, except that a case skipped now keeps its
+    earlier finished row); flags the volume outliers."""
     paths = report_paths(report)
     rows: dict[str, dict[str, Any]] = {}
     if paths["json"].is_file():
@@ -106,7 +115,8 @@ def merge_parts(report: str | Path, header: Mapping[str, Any]) -> dict[str, Any]
             rows = {row["case_id"]: row for row in json.loads(paths["json"].read_text())["cases"]}
         except (ValueError, KeyError, TypeError):
             rows = {}  # an unreadable earlier report is replaced
-    parts = sorted(paths["json"].parent.glob(f"{paths['json'].stem}.part-*.json"))
+    if parts is None:
+        parts = _parts(paths["json"])
     for part in parts:
         for row in json.loads(part.read_text())["cases"]:
             before = rows.get(row["case_id"])
@@ -152,20 +162,30 @@ def flag_outliers(cases: list[dict[str, Any]]) -> None:
                 row["outliers"].append("empty")
 
 
-def write_report(report: str | Path, header: Mapping[str, Any]) -> list[Path]:
+def _parts(report_json: Path) -> list[Path]:
+    return sorted(report_json.parent.glob(f"{report_json.stem}.part-*.json"))
+
+
+def write_report(report: str | Path, header: Mapping[str, Any], ranks: int | None = None) -> list[Path]:
     """Merge the parts into ``report`` (JSON) and its HTML page, under a lock (shards of a job
-    array may finish together); removes the merged parts. Returns both paths."""
+    array may finish together); removes the merged parts. With ``ranks`` (rank 0 of a torchrun
+    job, every rank done) exactly the parts of ranks 0..ranks-1 are merged and any other part,
+    left by an earlier job, is removed. Returns both paths."""
     import fcntl
 
     from volseg.inference.report_html import render_html
 
     paths = report_paths(report)
     paths["previews"].mkdir(parents=True, exist_ok=True)
-    lock = os.open(paths["previews"], os.O_RDONLY)  # the previews folder is the lock: no extra file
+    # A regular file: POSIX record locks hold across NFS clients (flock on a folder would not).
+    lock = os.open(paths["previews"] / ".report.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        parts = list(paths["json"].parent.glob(f"{paths['json'].stem}.part-*.json"))
-        merged = merge_parts(report, header)
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX)
+        except OSError as error:  # a file system without locks (Lustre without -o flock, ...)
+            logger.warning("cannot lock the run report (%s); shards finishing together may lose rows", error)
+        parts = _parts(paths["json"])
+        merged = merge_parts(report, header, None if ranks is None else [part_path(report, r) for r in range(ranks)])
         write_text(paths["json"], json.dumps(merged, indent=1) + "\n")
         write_text(paths["html"], render_html(merged, paths["html"].parent))
         for part in parts:
@@ -175,14 +195,27 @@ def write_report(report: str | Path, header: Mapping[str, Any]) -> list[Path]:
     return [paths["json"], paths["html"]]
 
 
-def wait_for_parts(report: str | Path, count: int, *, poll_seconds: float = 1.0) -> None:
-    """Block until ``count`` parts lie beside ``report`` (rank 0 of a torchrun job waits for the
-    others; torchrun stops every rank when one fails, so this does not wait forever)."""
-    import time
+def torchrun_barrier(rank: int, world: int) -> None:
+    """Mark this rank's part written; rank 0 then waits until every rank has marked it (through
+    torchrun's store, under a key of this job and attempt: parts an earlier job left on disk do
+    not count). torchrun stops every rank when one fails, so rank 0 does not wait forever."""
+    import datetime
 
-    path = report_paths(report)["json"]
-    while len(list(path.parent.glob(f"{path.stem}.part-*.json"))) < count:
-        time.sleep(poll_seconds)
+    import torch.distributed as dist
+
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=not agent_store and rank == 0,
+        timeout=datetime.timedelta(days=7),  # the other ranks may still have hours of cases
+        wait_for_workers=False,
+    )
+    store = dist.PrefixStore(f"volseg/predict-report/attempt_{attempt}", store)
+    store.set(f"part_{rank}", "written")
+    if rank == 0:
+        store.wait([f"part_{r}" for r in range(world)])
 
 
 class RunReporter:
@@ -213,10 +246,11 @@ class RunReporter:
         if not self.wait and not any(row["status"] != "failed" for row in self.rows):
             return []
         part = write_part(self.paths["json"], self.rank, header, self.rows)
-        if self.wait and self.rank != 0:
-            return [part]
         if self.wait:
-            wait_for_parts(self.paths["json"], self.world)
+            torchrun_barrier(self.rank, self.world)
+            if self.rank != 0:
+                return [part]
+            return write_report(self.paths["json"], header, ranks=self.world)
         return write_report(self.paths["json"], header)
 
 

@@ -91,7 +91,8 @@ class CaseOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     #: label name -> volume in mL of the written label map
     volumes_ml: dict[str, float] | None = None
-    #: why the case failed (it then has no outputs)
+    #: why the case failed: its label file was not written (side files written before the failure
+    #: may remain; a rerun replaces them)
     error: str | None = None
     #: the preview written for the run report, if any
     report_preview: Path | None = None
@@ -151,10 +152,10 @@ def segment(
 ) -> list[CaseOutcome]:
     """Segment every case under ``input_path`` into ``output`` (a file for one case, or a folder).
 
-    With several cases, those whose label file (and the file of each of ``formats``) exists are
-    skipped unless ``overwrite``; a
-    single named output that exists is an error unless ``overwrite``. ``shard=(I, N)`` segments
-    only shard I of N of a folder's cases (:mod:`volseg.inference.sharding`).
+    Into a folder, cases whose label file (and the file of each of ``formats``) exists are
+    skipped unless ``overwrite``, however many there are; a single output file named by
+    ``output`` that exists is an error unless ``overwrite``. ``shard=(I, N)`` segments only
+    shard I of N of a folder's cases (:mod:`volseg.inference.sharding`).
     """
     options = options or OutputOptions()
     label_outputs.check_formats(options.formats)
@@ -167,7 +168,8 @@ def segment(
             raise ConfigError(f"--shard splits a folder of cases; {input_path} is one case")
         chosen = {case.case_id for case in select_shard(inputs, shard)}
         pairs = [(case, path) for case, path in pairs if case.case_id in chosen]
-    if len(pairs) == 1 and pairs[0][1].exists() and not options.overwrite:
+    named = len(pairs) == 1 and pairs[0][1] == Path(output)  # one output file named by the user
+    if named and pairs[0][1].exists() and not options.overwrite:
         raise OutputExistsError(f"{pairs[0][1]} exists; pass --overwrite to replace it")
     if "dicom-seg" in options.formats:  # before any case is predicted
         label_outputs.check_dicom_sources([case for case, _ in pairs], options.reference_dicom)

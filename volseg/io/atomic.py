@@ -67,9 +67,9 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically; returns the path."""
+    """Write ``text`` to ``path`` atomically, UTF-8 whatever the locale; returns the path."""
     with atomic_target(path) as temporary:
-        temporary.write_text(text)
+        temporary.write_text(text, encoding="utf-8")
     return Path(path)
 
 

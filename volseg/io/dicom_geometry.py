@@ -36,7 +36,8 @@ logger = logging.getLogger("volseg.io")
 #: The largest difference between direction cosines (or pixel spacings, mm) that counts as the same
 #: orientation (1e-4 turns a 500 mm field of view by 0.05 mm).
 ORIENTATION_TOLERANCE = 1e-4
-_LPS_RAS = np.array([-1.0, -1.0, 1.0])  # flips x and y; its own inverse
+#: DICOM's LPS patient axes <-> RAS: flips x and y; its own inverse
+LPS_RAS = np.array([-1.0, -1.0, 1.0])
 _CONVERT = "convert it to NIfTI (e.g. with dcm2niix)"
 
 
@@ -74,11 +75,11 @@ class Stack:
             )
         spacing = self.pixel_spacing if self.pixel_spacing is not None else np.linalg.norm(found[:3, 1::-1], axis=0)
         wanted = found.copy()
-        wanted[:3, 0] = _LPS_RAS * self.orientation[:3] * spacing[1]  # one column to the right
-        wanted[:3, 1] = _LPS_RAS * self.orientation[3:] * spacing[0]  # one row down
-        wanted[:3, 3] = _LPS_RAS * self.positions[0]
+        wanted[:3, 0] = LPS_RAS * self.orientation[:3] * spacing[1]  # one column to the right
+        wanted[:3, 1] = LPS_RAS * self.orientation[3:] * spacing[0]  # one row down
+        wanted[:3, 3] = LPS_RAS * self.positions[0]
         if count > 1:
-            wanted[:3, 2] = _LPS_RAS * (self.positions[-1] - self.positions[0]) / (count - 1)
+            wanted[:3, 2] = LPS_RAS * (self.positions[-1] - self.positions[0]) / (count - 1)
         gaps = np.abs(np.diff(self.positions @ self.normal))
         tolerance = spacing_tolerance(float(np.median(gaps)) if count > 1 else 0.0)
         corners = np.array([[0, 0, 0, 1], [cols - 1, 0, 0, 1], [0, rows - 1, 0, 1]], dtype=float)
@@ -90,7 +91,7 @@ class Stack:
                 f"where the file puts it); {_CONVERT}",
             )
         if np.abs(found[:3, 2] - wanted[:3, 2]).max() * (count - 1) > tolerance:
-            step = wanted[:3, 2] * _LPS_RAS
+            step = wanted[:3, 2] * LPS_RAS
             tilt = np.degrees(np.arccos(min(1.0, abs(step @ self.normal) / np.linalg.norm(step))))
             logger.info(
                 "%s: the %ss are sheared by %.3g degrees (a gantry tilt?); the affine keeps it", where, self.what, tilt

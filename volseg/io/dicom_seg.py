@@ -25,14 +25,13 @@ import numpy as np
 
 from volseg.errors import ConfigError, InputFileError, OutputExistsError, ShapeError
 from volseg.io.atomic import atomic_target
-from volseg.io.dicom_geometry import series_order
+from volseg.io.dicom_geometry import LPS_RAS, series_order
 from volseg.io.segments import Code, Segment
 
 logger = logging.getLogger(__name__)
 
 #: The most a source slice may lie off the label grid, in voxels (DICOM positions are decimal text).
 GRID_TOLERANCE = 0.1
-_LPS_RAS = np.array([-1.0, -1.0, 1.0])  # flips x and y; its own inverse
 
 
 def require_highdicom() -> None:
@@ -98,15 +97,16 @@ def read_source_series(
 def _series_headers(folder: Path, series_uid: str | None, what: str) -> list[Any]:
     """The headers (no pixel data) of the images of the one series in ``folder``."""
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     if not folder.is_dir():
         raise InputFileError(f"{what} '{folder}': not a folder (give the folder of the DICOM series)")
     series: dict[str, list[Any]] = defaultdict(list)
     for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
         try:
-            dataset = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError):
+            dataset = pydicom.dcmread(
+                path, stop_before_pixels=True, force=True
+            )  # GDCM reads files without a preamble too
+        except Exception:  # noqa: BLE001 - forced reads of other files fail in many ways
             continue  # not DICOM (a DICOMDIR, notes, ...)
         if "ImagePositionPatient" in dataset and "SOPInstanceUID" in dataset:
             series[str(dataset.get("SeriesInstanceUID", ""))].append(dataset)
@@ -143,8 +143,8 @@ def _on_grid(folder: Path, datasets: list[Any], affine: np.ndarray, shape: tuple
         if not same:
             raise refuse(f"its images differ in size or orientation, e.g. instance {dataset.get('InstanceNumber')}")
     to_voxel = np.linalg.inv(affine)
-    col_step = to_voxel[:3, :3] @ (_LPS_RAS * orientation[:3] * col_spacing)  # one column to the right
-    row_step = to_voxel[:3, :3] @ (_LPS_RAS * orientation[3:] * row_spacing)  # one row down
+    col_step = to_voxel[:3, :3] @ (LPS_RAS * orientation[:3] * col_spacing)  # one column to the right
+    row_step = to_voxel[:3, :3] @ (LPS_RAS * orientation[3:] * row_spacing)  # one row down
     col_axis, row_axis = int(np.argmax(np.abs(col_step))), int(np.argmax(np.abs(row_step)))
     axes_fit = col_axis != row_axis and all(
         np.abs(step - np.round(step)).max() * max(count - 1, 1) <= GRID_TOLERANCE
@@ -163,7 +163,7 @@ def _on_grid(folder: Path, datasets: list[Any], affine: np.ndarray, shape: tuple
     corner[row_axis] = rows - 1 if row_flip else 0
     indices = []
     for dataset in datasets:
-        position = to_voxel[:3, :3] @ (_LPS_RAS * np.asarray(dataset.ImagePositionPatient, dtype=float))
+        position = to_voxel[:3, :3] @ (LPS_RAS * np.asarray(dataset.ImagePositionPatient, dtype=float))
         position += to_voxel[:3, 3]
         index = int(round(position[slice_axis]))
         corner[slice_axis] = index

@@ -27,14 +27,14 @@ from nibabel.spatialimages import HeaderDataError
 from numpy.lib import recfunctions
 
 from volseg.errors import InputFileError
-from volseg.io.dicom_geometry import frames_of, series_order
+from volseg.io.dicom_geometry import LPS_RAS, frames_of, series_order
 from volseg.io.naming import NOT_VOLUMES, Format
 from volseg.io.volume import Volume, _check_affine, _check_shape, _fail
 from volseg.lazy import sitk  # SimpleITK, imported on first use
 
 logger = logging.getLogger("volseg.io")  # one logger for reading and writing
 
-_LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse: flips x and y
+_LPS_RAS = np.diag([*LPS_RAS, 1.0])  # as a 4x4 affine
 # OverflowError: a header field nibabel turns into an integer is infinite (e.g. vox_offset).
 _NIFTI_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError, OverflowError)
 
