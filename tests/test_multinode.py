@@ -23,7 +23,7 @@ from volseg.checkpoint import load_checkpoint
 from volseg.config import Config, dump_config
 from volseg.errors import OutputExistsError, TrainingError
 from volseg.training import Trainer, train
-from volseg.training.distributed import init_distributed
+from volseg.training.distributed import JOB_MARKER, init_distributed
 
 EPOCHS = 4
 
@@ -118,13 +118,20 @@ def test_restarted_workers_continue_only_a_run_of_their_own_config(tmp_path, dat
     train(config, run_dir, until_epoch=1)
     with pytest.raises(OutputExistsError, match="--resume"):  # a first start never continues a run
         Trainer(config, run_dir)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    with pytest.raises(OutputExistsError, match="--resume"):  # nor a restart of a job that did not start it
+        Trainer(config, run_dir)
+    (run_dir / JOB_MARKER).write_text("job-1")  # as the job's first attempt records it
     with pytest.raises(OutputExistsError, match="--resume"):  # nor a restart another config's run
         Trainer(_config(dataset, epochs=3, iterations_per_epoch=1), run_dir)
     trainer = Trainer(config, run_dir)
     assert trainer.start_epoch == 1
     assert trainer.fit().epochs_run == 2
-    assert Trainer(config, run_dir, overwrite=True).start_epoch == 0  # --overwrite starts again
+    # a restart of a job started with --overwrite continues the run, never starts it again
+    assert Trainer(config, run_dir, overwrite=True).start_epoch == 2
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert Trainer(config, run_dir, overwrite=True).start_epoch == 0  # the first attempt: --overwrite starts again
 
 
 def _start_in_own_folder(rank: int, port: int, config: Config, run_dirs: list[str], out_dir: str) -> None:

@@ -11,6 +11,7 @@ import torch
 from volseg.checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
 from volseg.cli import main
 from volseg.config import config_from_dict
+from volseg.data.label_space import LabelSpace
 from volseg.errors import AccuracyError, ConfigError
 from volseg.export import describe_checkpoint, format_description
 from volseg.export import quantize as quantize_module
@@ -121,8 +122,8 @@ def test_the_guard_looks_at_every_structure(trained, dataset, monkeypatch):
 
 
 def test_a_separate_validation_dataset_holds_out_all_its_cases(trained, dataset, monkeypatch):
-    calibrate, check = quantize_module._split_cases(dataset, dataset, 3, 16)
-    assert len(calibrate) == 3 and len(check) == 4
+    calibrate, check, layout = quantize_module._split_cases(dataset, dataset, 3, 16)
+    assert len(calibrate) == 3 and len(check) == 4 and layout == "msd"
     with pytest.raises(ConfigError, match="too few to calibrate on 4 and hold out the rest"):
         quantize_module._split_cases(dataset, None, 4, 16)
 
@@ -139,3 +140,13 @@ def test_quantize_needs_nncf_and_an_int8_model_needs_openvino(trained, dataset, 
     with pytest.raises(ConfigError, match=r"int8 OpenVINO network needs OpenVINO.*pip install 'volseg\[openvino\]'"):
         Predictor.from_checkpoint(tmp_path / "int8.pt", device="cpu")
     assert Predictor.from_checkpoint(tmp_path / "int8.pt", device="cpu", backend="torch").backend == "torch"
+
+
+def test_brats_cases_are_scored_in_their_own_label_convention():
+    space = LabelSpace({0: "background", 1: "NCR", 2: "ED", 4: "ET"}, {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]})
+    assert quantize_module.scored_structures(space, "brats2023") == (
+        "brats2023",
+        {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]},  # a 2023 dataset's ET is 3: the predictions are written so
+    )
+    assert quantize_module.scored_structures(space, "brats2021") == ("brats2021", space.structures())
+    assert quantize_module.scored_structures(space, "msd") == (None, space.structures())

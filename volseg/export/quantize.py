@@ -34,6 +34,7 @@ from volseg.checkpoint import (
     model_from_checkpoint,
 )
 from volseg.data.datasets import Case, find_cases
+from volseg.data.label_space import BRATS_ENHANCING, LabelSpace
 from volseg.errors import AccuracyError, ConfigError, InputFileError
 from volseg.inference.inputs import PredictionInput
 from volseg.inference.openvino_runner import (
@@ -110,7 +111,7 @@ def quantize_checkpoint(
     checkpoint = check_checkpoint(checkpoint)
     if CHECKPOINT_KEY in checkpoint:
         raise ConfigError("this checkpoint already holds an int8 network; quantize the model it was made from")
-    calibrate_on, check_on = _split_cases(calibration, validation, calibration_cases, validation_cases)
+    calibrate_on, check_on, layout = _split_cases(calibration, validation, calibration_cases, validation_cases)
     config, space = checkpoint_config(checkpoint), checkpoint_label_space(checkpoint)
     network = model_from_checkpoint(checkpoint)
     options = dict(device="cpu", backend="openvino", tta=False, label_space=space)
@@ -127,7 +128,8 @@ def quantize_checkpoint(
     int8 = quantize_network(nncf, fp32.runner.model(window_shape), sample)
     int8_predictor = Predictor(network, config, **options, openvino_model=int8)
 
-    report = score_both(fp32, int8_predictor, check_on, space.structures(), on_case)
+    convention, structures = scored_structures(space, layout)
+    report = score_both(fp32, int8_predictor, check_on, structures, on_case, convention=convention)
     report["max_drop"] = max_drop
     too_far = {k: v["drop"] for k, v in report["structures"].items() if v["drop"] > max_drop}
     if too_far:
@@ -166,22 +168,33 @@ def quantize_network(nncf: Any, model: Any, sample: WindowSample) -> OpenVINOMod
     return OpenVINOModel.from_model(quantized, precision="int8")
 
 
+def scored_structures(space: LabelSpace, layout: str) -> tuple[str | None, dict[str, list[int]]]:
+    """The BraTS convention of a dataset ``layout`` (None for others) and the label space's
+    structures in its label values: BraTS cases are scored in their own labels."""
+    convention = layout if layout in BRATS_ENHANCING else None
+    mapping = space.convention_map(convention)
+    return convention, {name: [mapping.get(v, v) for v in values] for name, values in space.structures().items()}
+
+
 def score_both(
     reference: Predictor,
     candidate: Predictor,
     cases: list[Case],
     structures: dict[str, list[int]],
     on_case: CaseCallback | None = None,
+    *,
+    convention: str | None = None,
 ) -> dict[str, Any]:
-    """Mean Dice per structure of both predictors over ``cases``, and its drop (reference - candidate)."""
+    """Mean Dice per structure of both predictors over ``cases``, and its drop (reference - candidate).
+    ``convention``: the BraTS label convention the cases' labels use (the predictions are written
+    in it, and ``structures`` name its values)."""
     totals = {name: {"fp32": 0.0, "int8": 0.0} for name in structures}
     with tempfile.TemporaryDirectory(prefix="volseg-quantize-") as folder:
         for index, case in enumerate(cases, 1):
             for key, predictor in (("fp32", reference), ("int8", candidate)):
                 labels_path = Path(folder) / key / f"{case.case_id}.nii.gz"
-                segment_case(
-                    predictor, PredictionInput(case.case_id, case.images), labels_path, OutputOptions(overwrite=True)
-                )
+                case_input = PredictionInput(case.case_id, case.images, convention)
+                segment_case(predictor, case_input, labels_path, OutputOptions(overwrite=True))
                 metrics = evaluate_files(labels_path, case.label, regions=structures)
                 for name in structures:
                     totals[name][key] += metrics[name]["dice"]
@@ -207,31 +220,33 @@ def format_report(report: dict[str, Any]) -> str:
 
 def _split_cases(
     calibration: str | Path, validation: str | Path | None, calibration_cases: int | None, validation_cases: int
-) -> tuple[list[Case], list[Case]]:
-    """(calibration cases, held-out cases): from ``calibration`` alone, a seeded shuffle split
-    (half, at most :data:`CALIBRATION_CASES`, calibrates); else every case of ``calibration``
-    may calibrate and ``validation``'s cases are held out."""
+) -> tuple[list[Case], list[Case], str]:
+    """(calibration cases, held-out cases, the held-out dataset's layout): from ``calibration``
+    alone, a seeded shuffle split (half, at most :data:`CALIBRATION_CASES`, calibrates); else
+    every case of ``calibration`` may calibrate and ``validation``'s cases are held out."""
     if calibration_cases is not None and calibration_cases < 1:
         raise ConfigError(f"calibration_cases={calibration_cases} is not valid; allowed: 1 or more")
     if validation_cases < 1:
         raise ConfigError(f"validation_cases={validation_cases} is not valid; allowed: 1 or more")
-    cases = list(find_cases(calibration).cases)
+    dataset = find_cases(calibration)
+    cases = list(dataset.cases)
     if not cases:
         raise InputFileError(f"--calibration {calibration}: no labelled cases found")
     random.Random(SEED).shuffle(cases)
     if validation is not None:
         count = min(calibration_cases or CALIBRATION_CASES, len(cases))
-        held_out = list(find_cases(validation).cases)
+        other = find_cases(validation)
+        held_out = list(other.cases)
         if not held_out:
             raise InputFileError(f"--validation {validation}: no labelled cases found")
-        return cases[:count], held_out[:validation_cases]
+        return cases[:count], held_out[:validation_cases], other.layout
     count = calibration_cases or min(CALIBRATION_CASES, len(cases) // 2)
     if count < 1 or count >= len(cases):
         raise ConfigError(
             f"--calibration {calibration} has {len(cases)} labelled case(s): too few to calibrate on "
             f"{count or 1} and hold out the rest; give --validation DATA2 or use fewer calibration cases"
         )
-    return cases[:count], cases[count:][:validation_cases]
+    return cases[:count], cases[count:][:validation_cases], dataset.layout
 
 
 def _load_nncf() -> Any:

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from volseg.config import Config, load_config
 from volseg.errors import TrainingError
+from volseg.io.atomic import write_text
 from volseg.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -88,12 +89,29 @@ def ranks_on_node(context: DistributedContext) -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", context.world_size))
 
 
-def restarted_in_run(config_file: Path, config: Config) -> bool:
-    """Whether torchrun restarted the job's workers after one failed (``--max-restarts``) in the run
-    whose ``config_file`` (config.yaml) holds ``config``: they then continue it from last.pt."""
-    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0 or not config_file.is_file():
+#: In a run folder: the torchrun job (``TORCHELASTIC_RUN_ID``) whose first attempt started or
+#: restarted the run there; only workers that torchrun restarts in that same job continue it.
+JOB_MARKER = ".torchrun-job"
+
+
+def mark_job(run_dir: Path, context: DistributedContext) -> None:
+    """On the first attempt of a torchrun job, record the job in ``run_dir`` (main process only)."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if context.is_main and run_id and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+        write_text(run_dir / JOB_MARKER, run_id)
+
+
+def restarted_in_run(config_file: Path, last: Path, config: Config) -> bool:
+    """Whether torchrun restarted this job's workers after one failed (``--max-restarts``) and the
+    run of ``config_file`` (its config.yaml) and ``last`` (its last.pt) is the one this job's
+    first attempt started, with ``config``: they then continue it from ``last``, whatever
+    ``--overwrite`` said (the first attempt did that)."""
+    marker = config_file.parent / JOB_MARKER
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0 or not marker.is_file():
         return False
-    if load_config(config_file) != config:
+    if marker.read_text().strip() != os.environ.get("TORCHELASTIC_RUN_ID") or not config_file.is_file():
+        return False
+    if not last.is_file() or load_config(config_file) != config:
         return False
     logger.info("torchrun restarted the workers; continuing the run in %s", config_file.parent)
     return True

@@ -139,13 +139,13 @@ class Trainer:
         self.context = context or distributed.init_distributed(config.training.device)
         self.progress_bar = progress_bar if self.context.is_main else None
         self._new_splits: tuple[list[dict[str, list[str]]], Path] | None = None
+        if not resume and distributed.restarted_in_run(self.run_dir / CONFIG_FILE, self.run_dir / LAST, config):
+            resume, overwrite = True, False  # a torchrun restart continues its own job's run
         if not resume and not overwrite and (self.run_dir / LAST).exists():
-            if not distributed.restarted_in_run(self.run_dir / CONFIG_FILE, config):
-                raise OutputExistsError(
-                    f"{self.run_dir} holds a run already; "
-                    f"use --resume {self.run_dir} to continue it or --overwrite to start again"
-                )
-            resume = True
+            raise OutputExistsError(
+                f"{self.run_dir} holds a run already; "
+                f"use --resume {self.run_dir} to continue it or --overwrite to start again"
+            )
         seed = config.training.seed
         random.seed(seed)
         torch.manual_seed(seed)  # the same initial weights on every rank
@@ -206,6 +206,7 @@ class Trainer:
                 logger.info("%s holds no %s yet; starting the run from epoch 1", self.run_dir, LAST)
             dump_config(config, self.run_dir / CONFIG_FILE, header=f"resolved config of the run in {self.run_dir}")
         distributed.check_same_start(self.start_epoch, self.run_dir, self.context)
+        distributed.mark_job(self.run_dir, self.context)  # so that a torchrun restart continues this run
         if self.context.is_main and self.fingerprint is None:  # a resumed run keeps last.pt's
             images = [item["image"] for item in train_items]  # 64 of them at most, spread evenly
             self.fingerprint = fingerprint_images(images, config, max_cases=64).to_dict()
