@@ -215,20 +215,24 @@ def test_brats_labels_and_their_names_follow_the_case_convention():
     assert older.label_space.to_convention(labels, None).tolist() == [0, 1, 2, 4]
 
 
-def test_read_case_keeps_channel_order_and_names_a_bad_file(tmp_path):
+def test_read_channels_keeps_channel_order_and_names_a_bad_file(tmp_path):
     from volseg.errors import InputFileError
-    from volseg.inference.predictor import read_case
+    from volseg.inference.inputs import PredictionInput
+    from volseg.inference.segment import read_channels
+
+    def read(paths):
+        return read_channels(PredictionInput("case", tuple(paths)))[0]
 
     paths = []
     for index in range(4):  # read in parallel threads: the order must still be the files'
         path = tmp_path / f"channel_{index}.nii.gz"
         nib.save(nib.Nifti1Image(np.full((4, 5, 6), index, dtype=np.int16), np.eye(4)), path)
         paths.append(path)
-    assert [int(volume.array.max()) for volume in read_case(paths)] == [0, 1, 2, 3]
-    assert read_case([]) == [] and int(read_case(paths[1:2])[0].array.max()) == 1
+    assert [int(volume.array.max()) for volume in read(paths)] == [0, 1, 2, 3]
+    assert read([]) == [] and int(read(paths[1:2])[0].array.max()) == 1
     paths[2].write_bytes(b"not a nifti")
     with pytest.raises(InputFileError, match="channel_2"):
-        read_case(paths)
+        read(paths)
 
 
 class EverywhereNet(SegmentationNetwork):

@@ -16,8 +16,10 @@ from volseg.errors import AccuracyError, ConfigError
 from volseg.export import describe_checkpoint, format_description
 from volseg.export import quantize as quantize_module
 from volseg.export.quantize import WindowSample, quantize_checkpoint
+from volseg.inference.inputs import PredictionInput
 from volseg.inference.openvino_runner import CHECKPOINT_KEY
-from volseg.inference.predictor import Predictor, read_case
+from volseg.inference.predictor import Predictor
+from volseg.inference.segment import read_channels
 from volseg.io import read_volume
 from volseg.nn import create_model
 
@@ -94,8 +96,10 @@ def test_a_quantized_checkpoint_predicts_with_its_int8_network(trained, dataset,
     predictor = Predictor.from_checkpoint(tmp_path / "int8.pt", device="cpu")
     assert predictor.backend == "openvino" and predictor.runner.precision == "int8"
     case = next(c for c in sorted((dataset / "imagesTr").iterdir()))
-    labels = predictor.predict_volumes(read_case([case])).labels
-    reference = Predictor.from_checkpoint(trained, device="cpu", backend="torch").predict_volumes(read_case([case]))
+    labels = predictor.predict_volumes(read_channels(PredictionInput("c", (case,)))[0]).labels
+    reference = Predictor.from_checkpoint(trained, device="cpu", backend="torch").predict_volumes(
+        read_channels(PredictionInput("c", (case,)))[0]
+    )
     assert labels.shape == SHAPE and np.mean(labels == reference.labels) > 0.9
     assert "OpenVINO int8 network" in format_description(describe_checkpoint(stored))
 

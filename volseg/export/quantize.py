@@ -44,8 +44,8 @@ from volseg.inference.openvino_runner import (
     checkpoint_entry,
     load_openvino,
 )
-from volseg.inference.predictor import Predictor, read_case
-from volseg.inference.segment import OutputOptions, segment_case
+from volseg.inference.predictor import Predictor
+from volseg.inference.segment import OutputOptions, read_channels, segment_case
 from volseg.metrics import evaluate_files
 
 #: Calibration windows kept (NNCF's default subset is 300; a BraTS window is 4 MB of float32).
@@ -120,7 +120,10 @@ def quantize_checkpoint(
     sample = WindowSample(windows)
     fp32.runner.recorders.append(sample)
     for index, case in enumerate(calibrate_on, 1):
-        fp32.predict_volumes(read_case(case.images), case_id=case.case_id)
+        channels, _ = read_channels(
+            PredictionInput(case.case_id, case.images), ct=config.preprocessing.intensity == "ct"
+        )
+        fp32.predict_volumes(channels, case_id=case.case_id)  # read as predict reads: NaN/Inf replaced
         if on_case is not None:
             on_case("calibration", case.case_id, index, len(calibrate_on))
     fp32.runner.recorders.remove(sample)

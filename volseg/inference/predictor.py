@@ -14,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +48,7 @@ from volseg.inference.input_checks import check_input
 from volseg.inference.openvino_runner import OpenVINOModel, checkpoint_model
 from volseg.inference.sliding_window import check_sw_batch_size, flip_combinations, sliding_window_inference
 from volseg.inference.window_batch import free_memory
-from volseg.io import Volume, read_volume
+from volseg.io import Volume
 from volseg.nn import SegmentationNetwork
 from volseg.runtime import resolve_device
 
@@ -419,12 +417,3 @@ def nonzero_mask(channels: Sequence[Volume]) -> np.ndarray:
             found = found.any(axis=-1)
         inside = found if inside is None else inside | found
     return inside
-
-
-def read_case(images: Sequence[str | Path]) -> list[Volume]:
-    """Read the channel files (or DICOM folder) of one case; several files in parallel threads
-    (decompressing .nii.gz releases the GIL: 4 BraTS channels in 0.23 s instead of 0.31 s)."""
-    if len(images) < 2:
-        return [read_volume(path) for path in images]
-    with ThreadPoolExecutor(max_workers=min(len(images), os.cpu_count() or 1)) as pool:
-        return list(pool.map(read_volume, images))
