@@ -158,8 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--fast",
         action="store_true",
-        help="fewer network evaluations: no mirroring, one window over the whole volume where that is "
-        "cheap, else windows with overlap 0.25 (docs/performance.md has its speed and accuracy)",
+        help="fewer network evaluations: no mirroring, overlap 0.25 (docs/performance.md has its speed and accuracy)",
     )
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.add_argument(

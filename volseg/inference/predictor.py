@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -57,11 +56,7 @@ logger = logging.getLogger(__name__)
 UNCERTAINTY_MODES = ("entropy", "tta-variance")
 
 
-#: ``fast``: one window over the whole volume when it holds at most this many times the model's window voxels
-FAST_WINDOW_BUDGET = 4.0
-#: ``fast``: whole-volume windows are rounded up to a multiple of this per axis (fewer shapes to compile)
-FAST_WINDOW_MULTIPLE = 32
-#: ``fast``: the overlap of the model's windows where the whole volume is too large for one
+#: ``fast``: the windows' overlap (the model's default is usually 0.5)
 FAST_OVERLAP = 0.25
 
 
@@ -112,10 +107,9 @@ class Predictor:
         cache_dir: with OpenVINO, keep converted networks here across processes.
         openvino_model: an OpenVINO network to run in place of ``network`` on the OpenVINO backend
             (the int8 network of ``volseg quantize``; :meth:`from_checkpoint` passes the checkpoint's).
-        fast: fewer network evaluations (``volseg predict --fast``): no mirroring, one window over
-            the whole preprocessed volume where it is at most :data:`FAST_WINDOW_BUDGET` times the
-            model's window (rounded up to :data:`FAST_WINDOW_MULTIPLE` voxels per axis, so cases share
-            compiled shapes), else the model's windows with overlap 0.25 unless ``overlap`` is given.
+        fast: fewer network evaluations (``volseg predict --fast``): no mirroring, and overlap
+            :data:`FAST_OVERLAP` unless ``overlap`` is given; a quantized model runs its int8 network
+            under ``auto`` anyway.
     """
 
     def __init__(
@@ -320,7 +314,7 @@ class Predictor:
             progress=self.progress,
         )
         image = image.to(self.device)
-        roi = self.window_for(image.shape[2:])
+        roi = self.roi_size
         if not with_variance:
             logits = sliding_window_inference(
                 self.runner, image, roi, tta_flips=self.tta_flips, output_device="auto", **options
@@ -338,23 +332,6 @@ class Predictor:
             squares = probs.square() if squares is None else squares + probs.square()
         mean = total / len(flips)
         return mean, (squares / len(flips) - mean.square()).clamp_min(0)
-
-    def window_for(self, spatial: Sequence[int]) -> list[int]:
-        """The sliding window for a preprocessed image of ``spatial`` size: the model's, or with
-        :attr:`fast` the whole image where that is cheap enough (see the class notes)."""
-        if not self.fast or all(int(s) <= r for s, r in zip(spatial, self.roi_size)):
-            return self.roi_size  # one model window already covers it: padding it further only costs
-        rounded = [
-            max(r, -(-int(s) // FAST_WINDOW_MULTIPLE) * FAST_WINDOW_MULTIPLE) for s, r in zip(spatial, self.roi_size)
-        ]
-        whole = self.network.nearest_valid_shape(rounded, "up")
-        if (
-            whole is None
-            or list(self.network.output_shape(whole)) != list(whole)  # valid convolutions: keep the tiling
-            or math.prod(whole) > FAST_WINDOW_BUDGET * math.prod(self.roi_size)
-        ):
-            return self.roi_size
-        return list(whole)
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (K, *S) -> probabilities (K, *S), by the label space's activation."""
