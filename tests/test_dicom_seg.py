@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 from clinical_support import HIPPOCAMPUS_LABELS, value_predictor
+from dicom_support import rotation
 
 from volseg.checkpoint import build_checkpoint, save_checkpoint
 from volseg.cli import main
@@ -28,14 +29,6 @@ from volseg.nn import create_model
 
 UID = "1.2.826.0.1.3680043.2.1125.77"
 DICOM_SEG = OutputOptions(formats=("dicom-seg",), model_name="test-model")
-
-
-def rotation(axis: int, degrees: float) -> np.ndarray:
-    c, s = np.cos(np.deg2rad(degrees)), np.sin(np.deg2rad(degrees))
-    i, j = [a for a in range(3) if a != axis]
-    matrix = np.eye(3)
-    matrix[[i, i, j, j], [i, j, i, j]] = c, -s, s, c
-    return matrix
 
 
 REVERSED = rotation(2, 15.0) @ np.diag([1.0, 1.0, -1.0])  # slices stored against the normal

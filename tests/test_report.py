@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from volseg.cli import main
-from volseg.inference.report import OUTLIER_Z, file_sha256, flag_outliers
+from volseg.inference.report import OUTLIER_Z, flag_outliers
+from volseg.io.atomic import file_sha256
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -19,6 +19,7 @@ private Agg canvases. :func:`resolve_device` turns a device preference (``auto``
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 from collections.abc import Iterator
@@ -110,3 +111,30 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     if preference == "cuda":
         logger.warning("training.device is cuda but no CUDA device is available; using the CPU")
     return torch.device("cpu")
+
+
+def torchrun_rank() -> tuple[int, int, int] | None:
+    """``(rank, world size, local world size)`` when started by torchrun with several ranks, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world < 2:
+        return None
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_WORLD_SIZE", world))
+
+
+def torchrun_store(namespace: str, rank: int, world_size: int, timeout: datetime.timedelta):
+    """A client of the torchrun job's key-value store (its server on rank 0 where torchrun's agent
+    does not host one), its keys under ``namespace`` and this attempt (``--max-restarts``): torch
+    2.13 keeps a failed attempt's keys, which the restarted workers would otherwise read."""
+    import torch.distributed as dist
+
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=not agent_store and rank == 0,
+        timeout=timeout,
+        wait_for_workers=False,
+    )
+    return dist.PrefixStore(f"volseg/{namespace}/attempt_{attempt}", store)

@@ -24,9 +24,10 @@ Handler = Callable[[argparse.Namespace], int]
 def _configure_logging(debug: bool, quiet: bool) -> None:
     """Log to stderr; under torchrun only rank 0 logs progress (the others warnings and errors),
     and every line names its rank."""
-    import os
+    from volseg.runtime import torchrun_rank
 
-    rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    ranks = torchrun_rank()
+    rank = ranks[0] if ranks else None
     level = logging.DEBUG if debug else logging.WARNING if quiet or (rank or 0) > 0 else logging.INFO
     prefix = "volseg" if rank is None else f"volseg[{rank}]"
     logging.basicConfig(level=level, format=f"{prefix}: %(message)s", stream=sys.stderr, force=True)

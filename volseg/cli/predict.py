@@ -21,14 +21,6 @@ from volseg.errors import ConfigError, InputFileError, VolsegError
 logger = logging.getLogger("volseg")
 
 
-def torchrun_rank() -> tuple[int, int, int] | None:
-    """``(rank, world size, local world size)`` when started by torchrun with several ranks, else None."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world < 2:
-        return None
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_WORLD_SIZE", world))
-
-
 def _reporter(args: argparse.Namespace, shard: tuple[int, int] | None, ranks: tuple[int, int, int] | None, predictor):
     """The run report: with ``--report``, for every shard or rank, and for a folder of several
     cases; None for one case (unless asked for) and with ``--no-report``."""
@@ -91,6 +83,8 @@ def predict_command(args: argparse.Namespace) -> int:
     from volseg.inference.sharding import parse_shard
 
     shard = parse_shard(args.shard) if args.shard else None
+    from volseg.runtime import torchrun_rank
+
     ranks = torchrun_rank()
     if ranks is not None:
         if shard is not None:

@@ -284,6 +284,15 @@ def remove_small_components(
 # ----------------------------------------------------------------------------- statistics
 
 
+def label_volumes(labels: np.ndarray, spacing: Sequence[float], names: Mapping[int, str]) -> dict[str, float]:
+    """Name -> volume in mL of each label value in ``names`` (0 where absent) in ``labels`` ``(*S)``,
+    ``spacing`` in mm per axis: the run report's per-case volumes (no component analysis)."""
+    array = as_label_array(labels)
+    voxel_ml = _voxel_ml(check_spacing(spacing, array.ndim))
+    counts = np.bincount(array.ravel().astype(np.int64, copy=False), minlength=max(names, default=0) + 1)
+    return {name: round(float(counts[value]) * voxel_ml, 4) for value, name in names.items()}
+
+
 def label_statistics(
     labels: np.ndarray,
     *,

@@ -14,7 +14,6 @@ or one process) merges every part into the report. A rerun keeps the rows of the
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from volseg._version import __version__
-from volseg.io.atomic import write_text
+from volseg.io.atomic import file_sha256, write_text
 
 if TYPE_CHECKING:
     from volseg.inference.segment import CaseOutcome
@@ -63,15 +62,6 @@ def versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             found[package] = None
     return found
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def case_row(outcome: CaseOutcome, outputs: Iterable[Path], preview: Path | None) -> dict[str, Any]:
@@ -199,20 +189,10 @@ def torchrun_barrier(rank: int, world: int) -> None:
     """Mark this rank's part written; rank 0 then waits until every rank has marked it (through
     torchrun's store, under a key of this job and attempt: parts an earlier job left on disk do
     not count). torchrun stops every rank when one fails, so rank 0 does not wait forever."""
-    import datetime
+    from volseg.runtime import torchrun_store
 
-    import torch.distributed as dist
-
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
-    store = dist.TCPStore(
-        os.environ["MASTER_ADDR"],
-        int(os.environ["MASTER_PORT"]),
-        is_master=not agent_store and rank == 0,
-        timeout=datetime.timedelta(days=7),  # the other ranks may still have hours of cases
-        wait_for_workers=False,
-    )
-    store = dist.PrefixStore(f"volseg/predict-report/attempt_{attempt}", store)
+    timeout = datetime.timedelta(days=7)  # the other ranks may still have hours of cases
+    store = torchrun_store("predict-report", rank, world, timeout)
     store.set(f"part_{rank}", "written")
     if rank == 0:
         store.wait([f"part_{r}" for r in range(world)])

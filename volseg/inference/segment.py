@@ -19,7 +19,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +34,7 @@ from volseg.inference.inputs import PredictionInput, find_inputs
 from volseg.inference.postprocess import (
     keep_largest_component,
     label_statistics,
+    label_volumes,
     remove_small_components,
     write_statistics,
 )
@@ -271,13 +272,6 @@ def segment_case(predictor: Predictor, case: PredictionInput, labels_path: Path,
         volumes_ml=label_volumes(labels, reference.spacing, space.names_in(case.brats_convention)),
         report_preview=previews[-1] if previews else None,
     )
-
-
-def label_volumes(labels: np.ndarray, spacing: Sequence[float], names: Mapping[int, str]) -> dict[str, float]:
-    """Label name -> volume in mL of ``labels`` (*S) with voxel ``spacing`` (mm), every named label."""
-    counts = np.bincount(labels.ravel().astype(np.int64, copy=False), minlength=max(names, default=0) + 1)
-    voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
-    return {name: round(float(counts[value]) * voxel_ml, 4) for value, name in names.items()}
 
 
 _STRICT_HINT = "refused by --strict; without it they are replaced by 0 (CT: the image minimum)"

@@ -136,15 +136,17 @@ def not_a_volume(name: str) -> str | None:
     return NOT_VOLUMES.get(suffix) if suffix else None
 
 
+#: Stem endings of the side outputs that are volumes but not label maps (``_probabilities``, ...).
+_SIDE_VOLUME_TAILS = tuple(
+    SIDE_OUTPUTS[kind].split("{", 1)[0].split(".", 1)[0] for kind in ("probabilities", "uncertainty", "seg_nrrd")
+)
+
+
 def is_side_volume(name: str) -> bool:
     """Whether a volume file is a side output of ``volseg predict`` (probabilities, uncertainty,
     the Slicer segmentation), not a label map: ``"a_probabilities.nii.gz"`` -> True."""
     parts = split_volume_name(name)
-    return parts is not None and any(
-        parts[0].endswith(pattern.split("{", 1)[0].split(".", 1)[0])
-        for kind, pattern in SIDE_OUTPUTS.items()
-        if kind in ("probabilities", "uncertainty", "seg_nrrd")
-    )
+    return parts is not None and parts[0].endswith(_SIDE_VOLUME_TAILS)
 
 
 def is_derived(stem: str) -> bool:

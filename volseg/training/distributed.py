@@ -25,7 +25,7 @@ import torch.distributed as dist
 from volseg.config import Config, load_config
 from volseg.errors import TrainingError
 from volseg.io.atomic import write_text
-from volseg.runtime import resolve_device
+from volseg.runtime import resolve_device, torchrun_store
 
 logger = logging.getLogger(__name__)
 
@@ -70,18 +70,10 @@ def _restart_store(rank: int, world_size: int, timeout: datetime.timedelta) -> d
     """After torchrun restarted the workers (``--max-restarts``): the process group's store under a
     prefix of this attempt. torch 2.13 reuses the store of the failed attempt without one, and the
     new workers then read the old workers' addresses and fail to connect ("Connection refused")."""
-    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    if attempt == 0:
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
         return {}
-    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
-    store = dist.TCPStore(
-        os.environ["MASTER_ADDR"],
-        int(os.environ["MASTER_PORT"]),
-        world_size,
-        is_master=not agent_store and rank == 0,
-        timeout=timeout,
-    )
-    return {"store": dist.PrefixStore(f"volseg/attempt_{attempt}", store), "rank": rank, "world_size": world_size}
+    store = torchrun_store("process-group", rank, world_size, timeout)
+    return {"store": store, "rank": rank, "world_size": world_size}
 
 
 def ranks_on_node(context: DistributedContext) -> int:

@@ -21,7 +21,6 @@ Written to the output folder (default ``RUN_DIR/evaluation``):
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import time
@@ -35,7 +34,7 @@ from volseg.config import Config, load_config
 from volseg.data.datasets import find_cases
 from volseg.data.splits import load_folds, split_for_fold
 from volseg.errors import ConfigError, InputFileError, OutputExistsError
-from volseg.io.atomic import write_text
+from volseg.io.atomic import file_sha256, write_text
 from volseg.metrics import CaseResult, evaluate_files, summarise, write_report_csv
 
 logger = logging.getLogger(__name__)
@@ -76,13 +75,7 @@ def held_out_ids(run_dir: Path, config: Config) -> list[str]:
 
 
 def _settings(runs: list[Path], checkpoint: str, mirroring: bool) -> dict[str, Any]:
-    digests = {}
-    for run in runs:
-        digest = hashlib.sha256()
-        with open(run / checkpoint, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        digests[str(run)] = digest.hexdigest()[:16]
+    digests = {str(run): file_sha256(run / checkpoint)[:16] for run in runs}
     return {"checkpoint": checkpoint, "mirroring": mirroring, "checkpoint_sha256": digests}
 
 
