@@ -1,9 +1,11 @@
-"""The command line starts without torch or MONAI: --help and argument errors never import them."""
+"""The command line starts without torch or MONAI: --help and argument errors never import them,
+and prediction never imports MONAI."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +33,15 @@ def test_help_and_argument_errors_need_neither_torch_nor_monai(tmp_path, argv, c
     result = subprocess.run([sys.executable, "-c", BLOCKED, *argv], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == code, result.stderr
     assert text in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "volseg" / "models" / "hippocampus_sample" / "hippocampus_166.nii.gz"
+WITHOUT_MONAI = BLOCKED.replace('("torch", "monai", "SimpleITK")', '("monai",)')
+
+
+def test_predict_runs_without_monai(tmp_path):
+    """MONAI's package import costs seconds: segmenting a file must not need it (nor import it)."""
+    argv = ["predict", "-m", "hippocampus", "-i", str(SAMPLE), "-o", "seg.nii.gz", "--backend", "torch"]
+    result = subprocess.run([sys.executable, "-c", WITHOUT_MONAI, *argv], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "seg.nii.gz").is_file()

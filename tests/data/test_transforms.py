@@ -124,7 +124,7 @@ def test_ct_clip_then_zscore_by_hand(tmp_path: Path) -> None:
     hu = np.random.default_rng(3).uniform(-1000, 1000, SHAPE).astype(np.float32)
     item = {"image": [save(tmp_path / "ct.nii.gz", hu, np.eye(4))]}
     out = T.inference_transforms(pre(intensity="ct", clip=[-100.0, 300.0], mean=50.0, std=25.0))(item)
-    np.testing.assert_allclose(out["image"][0].numpy(), (np.clip(hu, -100, 300) - 50) / 25, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(out.image[0].numpy(), (np.clip(hu, -100, 300) - 50) / 25, rtol=1e-5, atol=1e-4)
 
 
 def test_crop_foreground_to_nonzero_box(tmp_path: Path) -> None:
@@ -149,7 +149,7 @@ def test_crop_foreground_to_nonzero_box(tmp_path: Path) -> None:
 def test_all_zero_image_is_kept_whole_and_inverts(tmp_path: Path) -> None:
     item = {"image": save(tmp_path / "zero.nii.gz", np.zeros(SHAPE, np.float32), lps_affine())}
     data = T.inference_transforms(pre(crop_foreground=True, intensity="mri"))(item)
-    assert data["image"].shape == (1, *SHAPE) and not data["image"].any()
+    assert data.image.shape == (1, *SHAPE) and not data.image.any()
     assert T.invert_to_input(torch.ones(SHAPE, dtype=torch.uint8), data).shape == SHAPE
 
 
@@ -341,16 +341,16 @@ def test_config_problems_are_config_errors(sections: dict, message: str) -> None
 def test_inversion_returns_label_to_lps_file_grid_exactly(case: dict) -> None:
     settings = pre(orientation="RAS", spacing=[1.0, 1.0, 1.0], crop_foreground=True, intensity="mri")
     data = T.inference_transforms(settings)({"image": case["image"], "case_id": "case1"})
-    assert data["image"].shape == (2, 16, 18, 14)  # cropped
+    assert data.image.shape == (2, 16, 18, 14)  # cropped
     # the "prediction": the label pushed through the same preprocessing, as indices and one-hot
     label = T.preprocessing_transforms(settings, with_label=True, label_space=LabelSpace(BRATS_LABELS))(case)[
         "label"
     ].as_tensor()
-    assert label.shape[1:] == data["image"].shape[1:]
+    assert label.shape[1:] == data.image.shape[1:]
     back = T.invert_to_input(label[0], data)
     original = nib.load(case["label"])
     assert back.shape == original.shape and back.dtype == torch.uint8
-    np.testing.assert_allclose(back.affine.numpy(), original.affine, atol=1e-5)
+    np.testing.assert_allclose(data.input_affine, original.affine, atol=1e-5)
     np.testing.assert_array_equal(T.class_indices_to_labels(back.numpy(), BRATS_LABELS), case["arrays"][1])
     one_hot = torch.nn.functional.one_hot(label[0].long(), 4).permute(3, 0, 1, 2).float()
     back = T.invert_to_input(one_hot, data, mode="bilinear")
@@ -367,11 +367,11 @@ def test_inversion_of_oblique_anisotropic_volume(tmp_path: Path) -> None:
     affine[:3, 3] = [5.0, -7.0, 12.0]
     path = save(tmp_path / "oblique.nii.gz", image, affine)
     data = T.inference_transforms(pre(spacing=[1.0, 1.0, 1.0], crop_foreground=True, intensity="mri"))({"image": path})
-    assert not np.allclose(data["image"].shape[1:], image.shape)  # resampled
-    probabilities = torch.cat([data["image"] == 0, data["image"] != 0]).float()  # a (2, *S) "prediction"
+    assert not np.allclose(data.image.shape[1:], image.shape)  # resampled
+    probabilities = torch.cat([data.image == 0, data.image != 0]).float()  # a (2, *S) "prediction"
     back = T.invert_to_input(probabilities, data, mode="bilinear")
     assert back.shape == (2, *image.shape)
-    np.testing.assert_allclose(back.affine.numpy(), nib.load(path).affine, atol=1e-5)
+    np.testing.assert_allclose(data.input_affine, nib.load(path).affine, atol=1e-5)
     inside = back[1].numpy() > 0.5
     dice = 2 * (inside & (image > 0)).sum() / (inside.sum() + (image > 0).sum())
     assert dice > 0.9

@@ -2,10 +2,11 @@
 
 Items are dicts ``{"image": [channel paths] or one 4D path, "label": path (optional), "case_id": str}``.
 Preprocessing (:func:`preprocessing_transforms`) reads the files with :mod:`volseg.io`, reorients,
-crops to the non-zero box, resamples and normalises; it yields ``image`` ``(C, *S)`` float32 and
-``label`` ``(1, *S)`` uint8 class indices or ``(R, *S)`` uint8 region masks, as MetaTensors that record
-their spatial transforms, so :func:`invert_to_input` can put a prediction back on the input grid.
-:func:`training_transforms` adds patch sampling and augmentation (:mod:`volseg.data.augment`).
+crops to the non-zero box, resamples and normalises, all by :mod:`volseg.data.preprocess` (which
+inference uses without MONAI); it yields ``image`` ``(C, *S)`` float32 and ``label`` ``(1, *S)`` uint8
+class indices or ``(R, *S)`` uint8 region masks, as MetaTensors carrying the preprocessed grid's
+affine. :func:`training_transforms` adds patch sampling and augmentation (:mod:`volseg.data.augment`).
+``inference_transforms`` and ``invert_to_input`` are re-exported from :mod:`volseg.data.preprocess`.
 """
 
 from __future__ import annotations
@@ -22,26 +23,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
-from monai.transforms import (
-    Compose,
-    CropForeground,
-    CropForegroundd,
-    EnsureTyped,
-    MapTransform,
-    NormalizeIntensityd,
-    Orientation,
-    Orientationd,
-    ScaleIntensityRanged,
-    Spacingd,
-    SpatialPadd,
-    SpatialResample,
-    SqueezeDimd,
-    Transform,
-)
-from monai.transforms.utils import convert_applied_interp_mode
-from monai.utils import TraceKeys
+from monai.transforms import Compose, EnsureTyped, MapTransform, SpatialPadd, SqueezeDimd, Transform
 
-from volseg import io as vio
 from volseg.config import Config, PreprocessingConfig
 from volseg.data.augment import augmentation_transforms, describe, patch_sampler
 from volseg.data.label_space import LabelSpace
@@ -52,14 +35,15 @@ from volseg.data.labels import (
     class_indices_to_labels,
     regions_to_labels,
 )
+from volseg.data.preprocess import check_preprocessing, inference_transforms, invert_to_input, preprocess, read_case
 from volseg.data.weights import border_weight_map, instances_from_labels
-from volseg.errors import ConfigError, InputFileError, ShapeError, VolsegError
+from volseg.errors import ConfigError, VolsegError
 
 __all__ = [
     "LabelsToRegionsd",
-    "LoadVolumed",
     "MapLabelsd",
     "Pipeline",
+    "PreprocessCased",
     "class_indices_to_labels",
     "inference_transforms",
     "invert_to_input",
@@ -74,7 +58,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IMAGE, LABEL, WEIGHT = "image", "label", "weight"
-_CACHE_VERSION = 1  # part of the disk-cache key: bump when preprocessing code changes its output
+_CACHE_VERSION = 2  # part of the disk-cache key: bump when preprocessing code changes its output
 
 
 class Pipeline(Compose):
@@ -102,117 +86,37 @@ class Pipeline(Compose):
         return out[0] if isinstance(out, list) and len(out) == 1 else out
 
 
-class LoadVolumed(MapTransform):
-    """Read ``image`` (channel files, stacked, or one 4D file) and ``label`` with :func:`volseg.io.read_volume`.
+class PreprocessCased(MapTransform):
+    """Read a case's files (:func:`volseg.data.preprocess.read_case`) and preprocess them
+    (:func:`volseg.data.preprocess.preprocess`).
 
-    Gives MetaTensors ``image`` ``(C, *S)`` float32 and ``label`` ``(1, *S)`` float32 on the image's
-    grid (voxel -> RAS mm affine). Channel files and the label must share the image's grid
-    (:class:`ShapeError` otherwise); bad files raise :class:`InputFileError`.
+    Gives MetaTensors ``image`` ``(C, *S)`` float32 and ``label`` ``(1, *S)`` float32 (raw label
+    values, nearest-resampled) on the preprocessed grid, whose voxel -> RAS ``affine`` they carry.
     """
 
-    def __init__(self, keys: Sequence[str] = (IMAGE, LABEL), atol: float = 1e-3) -> None:
+    def __init__(self, preprocessing: PreprocessingConfig, keys: Sequence[str] = (IMAGE, LABEL)) -> None:
         super().__init__(keys, allow_missing_keys=True)
-        self.atol = atol
+        check_preprocessing(preprocessing)
+        self.preprocessing = preprocessing
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         case = case_name(d)
-        paths = d[IMAGE]
-        paths = [paths] if isinstance(paths, (str, os.PathLike, vio.Volume)) else list(paths)
-        if not paths:
-            raise InputFileError(f"case {case}: no image files")
-        # Volumes already read (e.g. by the predictor, which keeps their headers) are used as they are.
-        volumes = [p if isinstance(p, vio.Volume) else vio.read_volume(p) for p in paths]
-        paths = [v.path if v.path is not None else f"{case} channel {i}" for i, v in enumerate(volumes)]
-        first = volumes[0]
-        for volume in volumes:
-            if volume.spatial_dims != 3:
-                raise ShapeError(
-                    f"case {case}: {volume.path} is {volume.spatial_dims}D; volseg pipelines need 3D "
-                    "volumes (2D networks take slices of them)"
-                )
-            if volume is not first and not vio.same_grid(first, volume, atol=self.atol):
-                raise ShapeError(
-                    f"case {case}: channel files {first.path} and {volume.path} have different grids "
-                    f"(shapes {first.spatial_shape} vs {volume.spatial_shape} or affines differ)"
-                )
-        arrays = [v.channels_first() for v in volumes]  # float32
-        for volume, array in zip(volumes, arrays):
-            if not np.isfinite(array).all():  # finite in the file (float64, scaled) but not in float32
-                raise InputFileError(
-                    f"case {case}: {volume.path} has values beyond the float32 range "
-                    f"(magnitude over {np.finfo(np.float32).max:.3g}); rescale the file"
-                )
-        image = np.concatenate(arrays)
-        meta = {
-            "affine": torch.as_tensor(first.affine, dtype=torch.float64),
-            "original_affine": first.affine.copy(),
-            "spatial_shape": np.asarray(first.spatial_shape),
-            "space": "RAS",
-            "filename_or_obj": str(paths[0]),
-        }
-        d[IMAGE] = MetaTensor(torch.from_numpy(image), meta=meta)
-        if LABEL in self.keys and d.get(LABEL) is not None:
-            label = vio.read_volume(d[LABEL])
-            vio.check_same_grid(first, label, atol=self.atol)
-            if label.num_channels != 1:
-                raise ShapeError(f"case {case}: label {label.path} has {label.num_channels} channels; allowed: 1")
-            meta = {**meta, "filename_or_obj": str(d[LABEL])}
-            d[LABEL] = MetaTensor(torch.from_numpy(label.channels_first()), meta=copy.deepcopy(meta))
+        label = d.get(LABEL) if LABEL in self.keys else None
+        image, affine, label_array = read_case(d[IMAGE], label, case_id=case)
+        prepared = preprocess(image, affine, self.preprocessing, label=label_array, case_id=case)
+        meta = {"affine": torch.as_tensor(prepared.affine, dtype=torch.float64), "space": "RAS"}
+        d[IMAGE] = MetaTensor(prepared.image, meta=meta)
+        if prepared.label is not None:
+            d[LABEL] = MetaTensor(prepared.label, meta=copy.deepcopy(meta))
         return d
-
-
-def _nonzero(image: torch.Tensor) -> torch.Tensor:
-    """The crop mask: non-zero voxels; everything when the image is all zeros (MONAI would crop to nothing)."""
-    mask = image != 0
-    return mask if bool(mask.any()) else torch.ones_like(mask)
-
-
-def _check_preprocessing(pre: PreprocessingConfig) -> None:
-    code = pre.orientation.upper()
-    if len(code) != 3 or any(sum(c in pair for c in code) != 1 for pair in ("LR", "AP", "IS")):
-        raise ConfigError(
-            f"preprocessing.orientation={pre.orientation!r} is not valid; give one letter of L/R, "
-            "A/P and I/S each, e.g. 'RAS' or 'LPS'"
-        )
-    if pre.intensity == "ct":
-        missing = [f"preprocessing.{k}" for k in ("clip", "mean", "std") if getattr(pre, k) is None]
-        if missing:
-            raise ConfigError(
-                f"preprocessing.intensity='ct' needs {', '.join(missing)} (dataset statistics; "
-                "`volseg plan` writes them)"
-            )
-        if len(pre.clip) != 2 or pre.clip[0] >= pre.clip[1] or pre.std <= 0:
-            raise ConfigError(
-                f"preprocessing.clip={pre.clip} / std={pre.std} are not valid; "
-                "give clip [low, high] with low < high and std > 0"
-            )
-    elif pre.intensity not in ("mri", "none"):
-        raise ConfigError(f"preprocessing.intensity={pre.intensity!r} is not valid; allowed: 'mri', 'ct', 'none'")
 
 
 def _preprocessing_steps(
     pre: PreprocessingConfig, *, with_label: bool, values: list[int] | None, regions: dict[str, list[int]] | None
 ) -> list[Transform]:
-    _check_preprocessing(pre)
     keys = [IMAGE, LABEL] if with_label else [IMAGE]
-    modes = ["bilinear", "nearest"][: len(keys)]
-    steps: list[Transform] = [LoadVolumed(keys), Orientationd(keys, axcodes=pre.orientation.upper(), labels=None)]
-    if pre.crop_foreground:  # before resampling: cheaper, and the crop is exact on the input grid
-        steps.append(
-            CropForegroundd(
-                keys, source_key=IMAGE, select_fn=_nonzero, allow_smaller=True, start_coord_key=None, end_coord_key=None
-            )
-        )
-    if pre.spacing is not None:
-        steps.append(Spacingd(keys, pixdim=[float(s) for s in pre.spacing], mode=modes, dtype=torch.float32))
-    if pre.intensity == "mri":
-        steps.append(NormalizeIntensityd(IMAGE, nonzero=True, channel_wise=True))
-    elif pre.intensity == "ct":  # clip to [lo, hi], then (x - mean) / std: one linear map
-        (lo, hi), mean, std = pre.clip, pre.mean, pre.std
-        steps.append(
-            ScaleIntensityRanged(IMAGE, a_min=lo, a_max=hi, b_min=(lo - mean) / std, b_max=(hi - mean) / std, clip=True)
-        )
+    steps: list[Transform] = [PreprocessCased(pre, keys)]
     if with_label and values is not None:
         steps.append(MapLabelsd(LABEL, values))
     if with_label and regions is not None:
@@ -252,11 +156,6 @@ def preprocessing_transforms(
 def validation_transforms(config: Config) -> Pipeline:
     """Whole preprocessed volumes with their labels (the trainer windows over them)."""
     return preprocessing_transforms(config.preprocessing, with_label=True, label_space=LabelSpace.from_config(config))
-
-
-def inference_transforms(preprocessing: PreprocessingConfig) -> Pipeline:
-    """Preprocessing of the image alone; pair with :func:`invert_to_input` for the predictions."""
-    return preprocessing_transforms(preprocessing, with_label=False)
 
 
 def training_transforms(config: Config) -> Pipeline:
@@ -320,71 +219,6 @@ class BorderWeightd(MapTransform):
             tensor = MetaTensor(tensor, meta=copy.deepcopy(reference.meta))
         d[self.weight_key] = tensor
         return d
-
-
-def _free_ids(item: Any) -> Any:
-    """Let any instance invert a recorded op: MONAI checks ``id(transform)`` unless the id is NONE."""
-    if isinstance(item, dict):
-        if TraceKeys.ID in item:
-            item[TraceKeys.ID] = TraceKeys.NONE
-        for value in item.values():
-            _free_ids(value)
-    elif isinstance(item, list):
-        for value in item:
-            _free_ids(value)
-    return item
-
-
-#: Array transforms that undo the ops the preprocessing records, by their recorded class name.
-_INVERTERS = {
-    "Orientation": lambda: Orientation(axcodes="RAS", labels=None),
-    "CropForeground": CropForeground,
-    "SpatialResample": SpatialResample,
-}
-
-
-def invert_to_input(
-    prediction: torch.Tensor | np.ndarray,
-    data: Mapping[Hashable, Any],
-    *,
-    key: str = IMAGE,
-    mode: Literal["nearest", "bilinear"] = "nearest",
-) -> MetaTensor:
-    """Put a prediction on the preprocessed grid back on the input file's grid.
-
-    ``prediction``: ``(C, *S)`` or ``(*S)`` with ``S`` the spatial shape of ``data[key]`` (the output of
-    :func:`inference_transforms`). MONAI's inverses of the recorded spatial ops (resampling with
-    ``mode``: ``nearest`` for labels, ``bilinear`` for probabilities; crop -> zero padding; orientation)
-    are applied in reverse. Returns a MetaTensor ``(C, *S_in)`` (or ``(*S_in)``) whose ``affine`` is the
-    input's; integer predictions keep their dtype.
-    """
-    reference = data[key]
-    if not isinstance(reference, MetaTensor) or not reference.applied_operations:
-        raise ShapeError(f"data[{key!r}] records no spatial transforms; pass the output of inference_transforms")
-    if mode not in ("nearest", "bilinear"):
-        raise ConfigError(f"mode={mode!r} is not valid; allowed: 'nearest', 'bilinear'")
-    pred = torch.as_tensor(prediction.as_tensor() if isinstance(prediction, MetaTensor) else prediction)
-    spatial = tuple(reference.shape[1:])
-    squeeze = pred.ndim == len(spatial)
-    pred = pred[None] if squeeze else pred
-    if tuple(pred.shape[1:]) != spatial:
-        raise ShapeError(
-            f"prediction shape {tuple(pred.shape)} does not match the preprocessed image "
-            f"(C, {', '.join(map(str, spatial))})"
-        )
-    ops = _free_ids(copy.deepcopy(list(reference.applied_operations)))
-    if mode == "nearest":
-        ops = convert_applied_interp_mode(ops, mode="nearest", align_corners=None)
-    integral = not (pred.is_floating_point() or pred.is_complex())
-    out = MetaTensor(pred.float() if integral else pred, meta=copy.deepcopy(reference.meta), applied_operations=ops)
-    for op in reversed(ops):
-        inverter = _INVERTERS.get(op[TraceKeys.CLASS_NAME])
-        if inverter is None:
-            raise ShapeError(f"cannot invert the recorded transform {op[TraceKeys.CLASS_NAME]!r}")
-        out = inverter().inverse(out)
-    if integral:
-        out = out.round().to(pred.dtype)
-    return out[0] if squeeze else out
 
 
 def items_from_cases(cases: Iterable[Any]) -> list[dict[str, Any]]:

@@ -3,10 +3,10 @@
 ``Predictor.from_checkpoint(path_or_bundled_name)`` rebuilds the network and its
 preprocessing from the checkpoint alone. Every output lies on its input's grid (same
 shape and affine): predictions made on the reoriented, resampled and cropped grid are
-brought back by MONAI's inverses of exactly those operations. On a GPU the logits stay there when
-they fit (else in host memory) and softmax/sigmoid, resampling and argmax run there too, a chunk of
-classes at a time (:mod:`volseg.inference.class_maps`); only the labels, and the probabilities or
-uncertainty when asked for, come back to the host.
+brought back by the inverses of exactly those operations (:mod:`volseg.data.preprocess`). On a
+GPU the logits stay there when they fit (else in host memory) and softmax/sigmoid, resampling
+and argmax run there too, a chunk of classes at a time (:mod:`volseg.inference.class_maps`); only
+the labels, and the probabilities or uncertainty when asked for, come back to the host.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from volseg.checkpoint import (
 )
 from volseg.config import Config
 from volseg.data.label_space import LabelSpace
+from volseg.data.preprocess import PreparedCase, inference_transforms
 from volseg.data.training_fingerprint import TrainingFingerprint
-from volseg.data.transforms import inference_transforms, invert_to_input
 from volseg.errors import ConfigError, ShapeError, choice_error
 from volseg.inference.backends import resolve_backend, runner_for
 from volseg.inference.class_maps import (
@@ -254,8 +254,8 @@ class Predictor:
         # Before the network; an input of another channel count gets the channel error below instead.
         if self.fingerprint is not None and sum(v.num_channels for v in channels) == len(self.fingerprint.channels):
             warnings = check_input(channels, self.fingerprint, case_id=case_id, strict=strict)
-        data = self.transforms({"image": list(channels), "case_id": case_id})
-        image = data["image"]
+        case = self.transforms({"image": list(channels), "case_id": case_id})
+        image = case.image
         if image.shape[0] != self.network.in_channels:
             expected = f" ({', '.join(self.channel_names)})" if self.channel_names else ""
             raise ShapeError(
@@ -263,13 +263,13 @@ class Predictor:
                 f"the input has {image.shape[0]}"
             )
         with self._cudnn_flags():
-            scores, variance = self._scores(image.as_tensor()[None].float(), uncertainty == "tta-variance")
+            scores, variance = self._scores(image[None], uncertainty == "tta-variance")
         labels, probs, entropy = self._outputs_on_input_grid(
-            scores, data, activated=variance is not None, probabilities=probabilities, entropy=uncertainty == "entropy"
+            scores, case, activated=variance is not None, probabilities=probabilities, entropy=uncertainty == "entropy"
         )
         result = Prediction(case_id, labels, channels[0], probabilities=probs, uncertainty=entropy, warnings=warnings)
         if variance is not None:
-            on_input = invert_to_input(variance, data, mode="bilinear").as_tensor()
+            on_input = case.to_input_grid(variance, mode="bilinear")
             result.uncertainty = on_input.mean(dim=0).numpy().astype(np.float32)
         if self.mask_nonzero:
             self._mask_outside(result, nonzero_mask(channels))
@@ -338,7 +338,7 @@ class Predictor:
         return self.label_space.activate(logits, dim=0)
 
     def _outputs_on_input_grid(
-        self, scores: torch.Tensor, data: dict[str, Any], *, activated: bool, probabilities: bool, entropy: bool
+        self, scores: torch.Tensor, case: PreparedCase, *, activated: bool, probabilities: bool, entropy: bool
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Labels (*S_in), probabilities (*S_in, K) and normalised entropy (*S_in) (``None`` unless asked
         for) from ``scores`` (K, *S) on the preprocessed grid: logits, or probabilities when ``activated``.
@@ -352,7 +352,7 @@ class Predictor:
         regions = self.regions is not None
         count, device = scores.shape[0], self.device
         to_input = resampled or probabilities or entropy  # class maps resampled to the input grid
-        voxels = scores[0].numel() + (int(np.prod(data["image"].meta["spatial_shape"])) if to_input else 0)
+        voxels = scores[0].numel() + (int(np.prod(case.input_shape)) if to_input else 0)
         chunk = class_chunk(count, voxels, free_memory(device))
         if chunk == 0 and device.type != "cpu":
             device, chunk = torch.device("cpu"), class_chunk(count, voxels, free_memory(torch.device("cpu")))
@@ -360,7 +360,7 @@ class Predictor:
         for classes, maps in probability_chunks(
             scores, regions=regions, device=device, chunk=max(chunk, 1), activated=activated
         ):
-            on_input = invert_to_input(maps, data, mode="bilinear").as_tensor() if to_input else None
+            on_input = case.to_input_grid(maps, mode="bilinear") if to_input else None
             decision.add(classes.start, on_input if resampled else maps)
             if probabilities:
                 if probs is None:
@@ -371,7 +371,7 @@ class Predictor:
                 entropy_sum = terms if entropy_sum is None else entropy_sum.add_(terms)
         decided = decision.result()
         if not resampled:
-            decided = invert_to_input(decided, data, mode="nearest").as_tensor()
+            decided = case.to_input_grid(decided, mode="nearest")
         labels = self.label_space.decode(decided.cpu().numpy())  # (R, *S) masks or (*S) class indices
         if entropy_sum is not None:
             entropy_sum = normalised_entropy(entropy_sum, count, regions).cpu().numpy().astype(np.float32)
