@@ -104,7 +104,7 @@ def test_a_hundred_classes_never_need_every_class_map_at_once(monkeypatch):
     image = Volume(np.random.default_rng(0).normal(size=(24, 20, 18)).astype(np.float32), np.diag([1.0, 1.0, 1.0, 1.0]))
     whole = predictor.predict_volumes([image], probabilities=True, uncertainty="entropy")  # all 100 classes fit
     data = predictor.transforms({"image": [image], "case_id": "case"})
-    scores, _ = predictor._scores(data["image"].as_tensor()[None].float(), False)
+    scores, _ = predictor._scores(data.image[None], False)
     voxels = scores[0].numel() + 24 * 20 * 18  # the preprocessed and the input grid
     free = int(10 * class_maps.MAPS_PER_CLASS * 4 * voxels / class_maps.CHUNK_FRACTION)  # 10 classes' maps fit
     monkeypatch.setattr("volseg.inference.predictor.free_memory", lambda device: free)

@@ -99,6 +99,18 @@ def test_colours_are_the_preview_colours():
     assert LabelSpace(BRATS21).colours() == {v: label_colour(v) for v in (1, 2, 4)}
 
 
+def test_label_colours_are_okabe_ito_then_matplotlibs_tab20():
+    colors = pytest.importorskip("matplotlib.colors", reason="matplotlib holds the reference palette")
+    from matplotlib import colormaps
+
+    from volseg.data.label_space import label_colour
+
+    assert label_colour(1) == colors.to_rgb("#E69F00") and label_colour(7) == colors.to_rgb("#CC79A7")
+    for value, expected in enumerate(colormaps["tab20"].colors, start=8):
+        np.testing.assert_allclose(label_colour(value), expected[:3], atol=1e-12)
+    assert label_colour(28) == label_colour(1)  # the cycle of 27 starts again
+
+
 def test_checkpoint_stores_the_label_space_and_it_survives_a_round_trip(tmp_path):
     config = _config(BRATS21, BRATS_REGIONS_2021)
     model = create_model("unet", 3, 1, 3, features=[2, 4], strides=[1, 2])

@@ -109,7 +109,7 @@ def test_steps_are_skipped_when_nothing_changes() -> None:
     assert [type(s) for s in case.steps] == [Crop]  # already RAS and 1 mm
     flipped = np.diag([-1.0, 1.0, 1.0, 1.0])
     case = preprocess(image, flipped, PreprocessingConfig(orientation="RAS", spacing=[2.0, 1.0, 1.0]))
-    assert [type(s) for s in case.steps] == [Reorient, Crop, Resample]
+    assert [type(s) for s in case.steps] == [Crop, Reorient, Resample]
 
 
 def test_label_round_trip_on_an_exact_grid_keeps_integer_labels() -> None:
@@ -135,3 +135,17 @@ def test_inference_item_and_errors(tmp_path) -> None:
         case.to_input_grid(torch.zeros(case.image.shape), mode="cubic")
     with pytest.raises(ConfigError, match="orientation='RAX'"):
         inference_transforms(PreprocessingConfig(orientation="RAX"))
+
+
+@pytest.mark.parametrize("oblique", [False, True], ids=["axis-aligned", "oblique"])
+def test_a_decision_on_the_exact_grid_equals_one_on_the_input_grid(oblique: bool) -> None:
+    image, _, affine = random_case(21 + oblique, oblique)
+    case = preprocess(image, affine, PreprocessingConfig(orientation="LPS", spacing=[1.2, 0.9, 1.4]))
+    assert [type(s) for s in case.steps] == [Crop, Reorient, Resample]
+    scores = torch.rand((3, *case.spatial_shape), generator=torch.Generator().manual_seed(5))
+    on_input = case.to_input_grid(scores, mode="bilinear").argmax(0)  # zeros outside the crop -> class 0
+    exact = case.to_exact_grid(scores, mode="bilinear")
+    assert exact.shape[1:] == case.exact_shape and np.prod(case.exact_shape) < np.prod(image.shape[1:])
+    placed = case.place_on_input(exact.argmax(0).to(torch.uint8))
+    assert placed.dtype == torch.uint8 and placed.shape == image.shape[1:]
+    assert torch.equal(placed.long(), on_input)

@@ -40,6 +40,11 @@ BRATS_ENHANCING = {"brats2021": 4, "brats2023": 3}
 #: Okabe & Ito's colour-blind-safe colours (without black); label ``v`` gets
 #: ``PALETTE[(v - 1) % len(PALETTE)]``; past them, matplotlib's tab20 continues the cycle.
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7")
+#: The "tab20" categorical palette (as matplotlib defines it), after the colour-blind-safe seven.
+TAB20 = (
+    "#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#d62728", "#ff9896", "#9467bd", "#c5b0d5",
+    "#8c564b", "#c49c94", "#e377c2", "#f7b6d2", "#7f7f7f", "#c7c7c7", "#bcbd22", "#dbdb8d", "#17becf", "#9edae5",
+)  # fmt: skip
 
 
 def _format(values: Iterable[float]) -> str:
@@ -138,10 +143,10 @@ def regions_to_labels(
         )
     masks = masks if masks.dtype == bool else masks > 0.5
     table = _region_table(regions, background)
-    code = np.zeros(masks.shape[1:], dtype=np.int32)
+    code = np.zeros(masks.shape[1:], dtype=np.uint8 if masks.shape[0] <= 8 else np.int32)
     for r in range(masks.shape[0]):
-        code |= masks[r].astype(np.int32) << r
-    return table[code]
+        code |= masks[r].astype(code.dtype, copy=False) << r
+    return np.take(table, code)
 
 
 def label_spec(
@@ -188,12 +193,11 @@ def brats_regions(label_values: Iterable[int]) -> dict[str, list[int]]:
 
 
 def label_colour(value: int) -> tuple[float, float, float]:
-    """The RGB colour (0..1) of label ``value`` in previews (a fixed cycle; 0 has none)."""
-    from matplotlib import colormaps  # only for previews
-    from matplotlib.colors import to_rgb
-
-    palette = [to_rgb(c) for c in OKABE_ITO] + [tuple(c[:3]) for c in colormaps["tab20"].colors]
-    return palette[(int(value) - 1) % len(palette)]
+    """The RGB colour (0..1) of label ``value`` in previews and colour tables (a fixed cycle of
+    :data:`OKABE_ITO` then :data:`TAB20`; 0 has none)."""
+    palette = OKABE_ITO + TAB20
+    code = palette[(int(value) - 1) % len(palette)]
+    return tuple(int(code[i : i + 2], 16) / 255.0 for i in (1, 3, 5))
 
 
 @dataclass(frozen=True)

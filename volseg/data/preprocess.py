@@ -68,9 +68,15 @@ def read_case(
                 f"case {case_id}: channel files {first.path} and {volume.path} have different grids "
                 f"(shapes {first.spatial_shape} vs {volume.spatial_shape} or affines differ)"
             )
-    arrays = [v.channels_first() for v in volumes]  # float32
-    for volume, array in zip(volumes, arrays):
-        if not np.isfinite(array).all():  # finite in the file (float64, scaled) but not in float32
+    image = np.empty((sum(v.num_channels for v in volumes), *first.spatial_shape), dtype=np.float32)
+    start = 0
+    for volume in volumes:  # one converting copy per channel, straight into the stacked array
+        channels = image[start : start + volume.num_channels]
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: inf, refused just below
+            channels[...] = np.moveaxis(volume.array, -1, 0) if volume.num_channels > 1 else volume.array
+        start += volume.num_channels
+        if volume.array.dtype.kind == "f" and not (np.isfinite(channels.min()) and np.isfinite(channels.max())):
+            # finite in the file (float64, scaled) but not in float32
             raise InputFileError(
                 f"case {case_id}: {volume.path} has values beyond the float32 range "
                 f"(magnitude over {np.finfo(np.float32).max:.3g}); rescale the file"
@@ -84,7 +90,7 @@ def read_case(
                 f"case {case_id}: label {label_volume.path} has {label_volume.num_channels} channels; allowed: 1"
             )
         label_array = label_volume.channels_first()
-    return np.concatenate(arrays), np.asarray(first.affine, dtype=np.float64), label_array
+    return image, np.asarray(first.affine, dtype=np.float64), label_array
 
 
 def check_preprocessing(pre: PreprocessingConfig) -> None:
@@ -127,7 +133,7 @@ class Reorient:
         x = x.flip(flips) if flips else x
         return x.permute(0, *(int(a) + 1 for a in np.argsort(self.ornt[:, 0])))
 
-    def backward(self, x: torch.Tensor, mode: Mode) -> torch.Tensor:
+    def backward(self, x: torch.Tensor, mode: Mode, fill: float = 0) -> torch.Tensor:
         x = x.permute(0, *(int(a) + 1 for a in self.ornt[:, 0]))
         flips = self._flipped()
         return x.flip(flips) if flips else x
@@ -138,7 +144,7 @@ class Reorient:
 
 @dataclass(frozen=True)
 class Crop:
-    """The box ``start:stop`` of the input grid; the way back pads with zeros."""
+    """The box ``start:stop`` of the input grid; the way back pads with ``fill`` (zeros)."""
 
     start: tuple[int, ...]
     stop: tuple[int, ...]
@@ -147,8 +153,8 @@ class Crop:
     def forward(self, x: torch.Tensor, mode: Mode) -> torch.Tensor:
         return x[(slice(None), *(slice(a, b) for a, b in zip(self.start, self.stop)))]
 
-    def backward(self, x: torch.Tensor, mode: Mode) -> torch.Tensor:
-        out = x.new_zeros((x.shape[0], *self.in_shape))
+    def backward(self, x: torch.Tensor, mode: Mode, fill: float = 0) -> torch.Tensor:
+        out = x.new_full((x.shape[0], *self.in_shape), fill)
         out[(slice(None), *(slice(a, b) for a, b in zip(self.start, self.stop)))] = x
         return out
 
@@ -171,7 +177,7 @@ class Resample:
     def forward(self, x: torch.Tensor, mode: Mode) -> torch.Tensor:
         return _sample(x, np.linalg.solve(self.in_affine, self.out_affine), self.out_shape, mode)
 
-    def backward(self, x: torch.Tensor, mode: Mode) -> torch.Tensor:
+    def backward(self, x: torch.Tensor, mode: Mode, fill: float = 0) -> torch.Tensor:
         return _sample(x, np.linalg.solve(self.out_affine, self.in_affine), self.in_shape, mode)
 
     def affine_after(self, affine: np.ndarray) -> np.ndarray:
@@ -253,12 +259,25 @@ class PreparedCase:
     def spatial_shape(self) -> tuple[int, ...]:
         return tuple(self.image.shape[1:])
 
+    @property
+    def exact_shape(self) -> tuple[int, ...]:
+        """The spatial shape of :meth:`to_exact_grid`'s results."""
+        resampling = self._resampling_steps()
+        return tuple(resampling[0].in_shape) if resampling else self.spatial_shape
+
     def to_input_grid(self, prediction: torch.Tensor | np.ndarray, mode: Mode = "nearest") -> torch.Tensor:
         """``prediction`` ``(C, *S)`` or ``(*S)`` on this grid -> ``(C, *S_in)`` (or ``(*S_in)``) on the input grid.
 
         ``nearest`` for labels (integer dtypes are kept), ``bilinear`` for probabilities; zero
         outside the crop. Runs on the prediction's device.
         """
+        return self.place_on_input(self.to_exact_grid(prediction, mode))
+
+    def to_exact_grid(self, prediction: torch.Tensor | np.ndarray, mode: Mode = "nearest") -> torch.Tensor:
+        """Undo only the resampling: ``(C, *S)`` or ``(*S)`` -> the same on the grid that crop and
+        reorientation alone make from the input (each voxel an input voxel). A voxel-wise decision
+        made there and then placed by :meth:`place_on_input` equals one made on the input grid,
+        on fewer voxels."""
         if mode not in ("nearest", "bilinear"):
             raise ConfigError(f"mode={mode!r} is not valid; allowed: 'nearest', 'bilinear'")
         pred = torch.as_tensor(prediction)
@@ -269,9 +288,28 @@ class PreparedCase:
                 f"prediction shape {tuple(pred.shape)} does not match the preprocessed image "
                 f"(C, {', '.join(map(str, self.spatial_shape))})"
             )
-        for step in reversed(self.steps):
+        for step in reversed(self._resampling_steps()):
             pred = step.backward(pred, mode)
         return pred[0] if squeeze else pred
+
+    def place_on_input(self, values: torch.Tensor, fill: float = 0) -> torch.Tensor:
+        """``values`` ``(C, *S_exact)`` or ``(*S_exact)`` from :meth:`to_exact_grid` (or decided there)
+        -> the input grid, ``fill`` outside the crop; exact for any dtype."""
+        exact_steps = self.steps[: len(self.steps) - len(self._resampling_steps())]
+        squeeze = values.ndim == 3
+        out = values[None] if squeeze else values
+        for step in reversed(exact_steps):
+            out = step.backward(out, "nearest", fill)
+        return out[0] if squeeze else out
+
+    def _resampling_steps(self) -> list[Any]:
+        """The trailing steps that interpolate (all of them come after the exact ones)."""
+        count = 0
+        for step in reversed(self.steps):
+            if not isinstance(step, Resample):
+                break
+            count += 1
+        return self.steps[len(self.steps) - count :]
 
 
 def _normalise_nonzero(image: torch.Tensor) -> torch.Tensor:
@@ -293,9 +331,10 @@ def preprocess(
     label: torch.Tensor | np.ndarray | None = None,
     case_id: str = "case",
 ) -> PreparedCase:
-    """Reorient to ``pre.orientation``, crop to the non-zero box (``pre.crop_foreground``; the whole
-    volume when it is all zeros), resample to ``pre.spacing`` (linear for the image, nearest for the
-    label), normalise (``mri``: z-score of each channel's non-zero voxels; ``ct``: clip, then z-score).
+    """Crop to the non-zero box (``pre.crop_foreground``; the whole volume when it is all zeros),
+    reorient to ``pre.orientation`` (the same result as reorienting first), resample to
+    ``pre.spacing`` (linear for the image, nearest for the label), normalise (``mri``: z-score of
+    each channel's non-zero voxels; ``ct``: clip, then z-score).
 
     ``image`` ``(C, *S)``, ``label`` ``(1, *S)`` on the grid ``affine`` (voxel -> RAS mm).
     """
@@ -314,10 +353,7 @@ def preprocess(
         current = step.affine_after(current)
         steps.append(step)
 
-    ornt = nio.ornt_transform(nio.io_orientation(current), nio.axcodes2ornt(tuple(pre.orientation.upper())))
-    if not np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
-        apply(Reorient(ornt, tuple(x.shape[1:])))
-    if pre.crop_foreground:  # before resampling: cheaper, and the crop is exact on the input grid
+    if pre.crop_foreground:  # first: the reorientation and resampling then touch only the box
         inside = (x != 0).any(dim=0)
         if bool(inside.any()):
             bounds = [torch.nonzero(inside.any(dim=[d for d in range(3) if d != axis])) for axis in range(3)]
@@ -325,6 +361,9 @@ def preprocess(
             stop = tuple(int(b[-1]) + 1 for b in bounds)
             if start != (0, 0, 0) or stop != tuple(x.shape[1:]):
                 apply(Crop(start, stop, tuple(x.shape[1:])))
+    ornt = nio.ornt_transform(nio.io_orientation(current), nio.axcodes2ornt(tuple(pre.orientation.upper())))
+    if not np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
+        apply(Reorient(ornt, tuple(x.shape[1:])))
     if pre.spacing is not None:
         target, shape = _spacing_target(current, x.shape[1:], pre.spacing)
         unchanged = np.allclose(target, current, atol=AFFINE_TOL) or np.allclose(

@@ -343,16 +343,16 @@ class Predictor:
         """Labels (*S_in), probabilities (*S_in, K) and normalised entropy (*S_in) (``None`` unless asked
         for) from ``scores`` (K, *S) on the preprocessed grid: logits, or probabilities when ``activated``.
 
-        The labels are decided on the preprocessed grid when it is the input's up to orientation and
-        crop (exact, cheap), otherwise after resampling the probabilities linearly (smoother borders).
-        Runs on the predictor's device a chunk of classes at a time (:mod:`volseg.inference.class_maps`); on the
-        host when not even one class fits on the GPU.
+        The labels are decided on the grid that crop and reorientation alone make from the input
+        (after resampling the probabilities linearly back to it, when the preprocessing resampled),
+        then placed on the input grid: the same labels as deciding on the whole input grid, on fewer
+        voxels. Runs on the predictor's device a chunk of classes at a time
+        (:mod:`volseg.inference.class_maps`); on the host when not even one class fits on the GPU.
         """
-        resampled = self.config.preprocessing.spacing is not None
         regions = self.regions is not None
         count, device = scores.shape[0], self.device
-        to_input = resampled or probabilities or entropy  # class maps resampled to the input grid
-        voxels = scores[0].numel() + (int(np.prod(case.input_shape)) if to_input else 0)
+        maps_on_input = probabilities or entropy  # class maps wanted on the whole input grid
+        voxels = scores[0].numel() + int(np.prod(case.input_shape if maps_on_input else case.exact_shape))
         chunk = class_chunk(count, voxels, free_memory(device))
         if chunk == 0 and device.type != "cpu":
             device, chunk = torch.device("cpu"), class_chunk(count, voxels, free_memory(torch.device("cpu")))
@@ -360,8 +360,11 @@ class Predictor:
         for classes, maps in probability_chunks(
             scores, regions=regions, device=device, chunk=max(chunk, 1), activated=activated
         ):
-            on_input = case.to_input_grid(maps, mode="bilinear") if to_input else None
-            decision.add(classes.start, on_input if resampled else maps)
+            exact = case.to_exact_grid(maps, mode="bilinear")  # the maps themselves when nothing was resampled
+            decision.add(classes.start, exact)
+            if not maps_on_input:
+                continue
+            on_input = case.place_on_input(exact)  # zero outside the crop
             if probabilities:
                 if probs is None:
                     probs = np.empty((*on_input.shape[1:], count), dtype=np.float32)
@@ -369,9 +372,7 @@ class Predictor:
             if entropy:
                 terms = entropy_terms(on_input, regions)
                 entropy_sum = terms if entropy_sum is None else entropy_sum.add_(terms)
-        decided = decision.result()
-        if not resampled:
-            decided = case.to_input_grid(decided, mode="nearest")
+        decided = case.place_on_input(decision.result())  # 0 outside the crop: the decision on zero maps
         labels = self.label_space.decode(decided.cpu().numpy())  # (R, *S) masks or (*S) class indices
         if entropy_sum is not None:
             entropy_sum = normalised_entropy(entropy_sum, count, regions).cpu().numpy().astype(np.float32)
