@@ -23,7 +23,7 @@ from volseg.checkpoint import capture_rng_state, load_checkpoint, model_from_che
 from volseg.cli import main
 from volseg.config import config_from_dict, dump_config
 from volseg.data.loader import resolve_num_workers, seed_for, training_loader
-from volseg.errors import ConfigError, OutputExistsError, TrainingError
+from volseg.errors import CheckpointError, ConfigError, OutputExistsError, TrainingError
 from volseg.training import Trainer, resolve_precision, train
 from volseg.training.distributed import DistributedContext
 
@@ -90,6 +90,22 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, datas
     assert all(torch.equal(a[key], b[key]) for key in a)
     assert [row["train_loss"] for row in straight.history] == [row["train_loss"] for row in resumed.history]
     assert len(read_csv(tmp_path / "resumed" / "metrics.csv")) == 4
+
+
+def test_init_weights_start_a_run_from_another_runs_network(tmp_path, dataset):
+    train(tiny_config(dataset, training={"epochs": 1, "iterations_per_epoch": 2}), tmp_path / "a")
+    source_path = str(tmp_path / "a" / "last.pt")
+    source = load_checkpoint(source_path)["state_dict"]
+    fresh = Trainer(tiny_config(dataset), tmp_path / "fresh").network.state_dict()
+    assert not all(torch.equal(fresh[key], value) for key, value in source.items())  # not the same by chance
+    tuned = Trainer(tiny_config(dataset, training={"init_weights": source_path}), tmp_path / "b")
+    assert all(torch.equal(tuned.network.state_dict()[key], value) for key, value in source.items())
+    assert "init_weights: " + source_path in (tmp_path / "b" / "config.yaml").read_text()
+    deeper = tiny_config(
+        dataset, network={"options": {"features": [8, 16, 32]}}, training={"init_weights": source_path}
+    )
+    with pytest.raises(CheckpointError, match=r"training.init_weights='.*last.pt' does not fit this network: "):
+        Trainer(deeper, tmp_path / "c")
 
 
 def test_a_finished_run_is_not_overwritten_by_accident(tmp_path, dataset):

@@ -182,15 +182,21 @@ def model_from_checkpoint(checkpoint: dict[str, Any], *, device: str | torch.dev
         model = create_model(**checkpoint["network"])
     except (VolsegError, TypeError) as error:
         raise CheckpointError(f"checkpoint network description is not valid: {error}") from None
-    state = {k: v.float() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()}
+    load_weights(model, checkpoint["state_dict"], "checkpoint weights do not fit its network")
+    return model.to(device).eval()
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], problem: str) -> None:
+    """Load ``state_dict`` into ``model`` as float32 (every tensor, no other); a mismatch raises
+    :class:`CheckpointError` starting with ``problem`` and naming the first tensors that differ."""
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         # The first line only says "Error(s) in loading state_dict for UNet:"; the second names a tensor.
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         detail = " ".join(lines[:2])[:300]
-        raise CheckpointError(f"checkpoint weights do not fit its network: {detail}") from None
-    return model.to(device).eval()
+        raise CheckpointError(f"{problem}: {detail}") from None
 
 
 def inference_only(checkpoint: dict[str, Any], *, half: bool = False) -> dict[str, Any]:

@@ -197,6 +197,9 @@ class TrainingConfig:
     max_nonfinite_steps: int = _field(
         20, "steps with an inf/NaN loss are skipped; give up after this many in a row (1: at the first)"
     )
+    init_weights: Union[str, None] = _field(
+        None, "checkpoint or bundled model whose network weights start the run (fine-tuning; same network)"
+    )
 
 
 @dataclass

@@ -29,7 +29,15 @@ import numpy as np
 import torch
 from monai.data import DataLoader
 
-from volseg.checkpoint import build_checkpoint, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from volseg.bundled import resolve_model
+from volseg.checkpoint import (
+    build_checkpoint,
+    capture_rng_state,
+    load_checkpoint,
+    load_weights,
+    restore_rng_state,
+    save_checkpoint,
+)
 from volseg.config import Config, dump_config
 from volseg.data.datasets import find_cases
 from volseg.data.label_space import LabelSpace
@@ -90,6 +98,14 @@ def build_network(config: Config, in_channels: int) -> SegmentationNetwork:
     return create_model(
         config.network.name, config.network.spatial_dims, in_channels, output_channels(config), **options
     )
+
+
+def initialise_from(network: SegmentationNetwork, source: str) -> None:
+    """Load the network weights of checkpoint ``source`` (a path or a bundled model's name) into
+    ``network``, which must be the same network (:class:`CheckpointError` names what differs)."""
+    checkpoint = load_checkpoint(resolve_model(source))
+    load_weights(network, checkpoint["state_dict"], f"training.init_weights={source!r} does not fit this network")
+    logger.info("network weights initialised from %s", source)
 
 
 def untrained_parameters(config: Config, in_channels: int, loss: torch.nn.Module) -> list[str]:
@@ -170,7 +186,10 @@ class Trainer:
             else None
         )
         in_channels = len(config.data.channels) or 1
-        self.network = build_network(config, in_channels).to(self.context.device)
+        self.network = build_network(config, in_channels)
+        if config.training.init_weights and not resume:  # a resumed run has its own weights in last.pt
+            initialise_from(self.network, config.training.init_weights)
+        self.network = self.network.to(self.context.device)
         self.label_space = LabelSpace.from_config(config)
         self.loss = loss_from_config(
             config.loss, activation=self.label_space.activation, num_outputs=self.label_space.num_outputs
