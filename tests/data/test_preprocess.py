@@ -149,3 +149,53 @@ def test_a_decision_on_the_exact_grid_equals_one_on_the_input_grid(oblique: bool
     placed = case.place_on_input(exact.argmax(0).to(torch.uint8))
     assert placed.dtype == torch.uint8 and placed.shape == image.shape[1:]
     assert torch.equal(placed.long(), on_input)
+
+
+def test_ct_window_matches_monai_scale_intensity_range() -> None:
+    from monai.transforms import ScaleIntensityRange
+
+    hu = np.random.default_rng(8).uniform(-1200, 1500, (1, 9, 10, 11)).astype(np.float32)
+    pre = PreprocessingConfig(
+        spacing=None, crop_foreground=False, intensity="ct", clip=[-100.0, 300.0], mean=50.0, std=25.0
+    )
+    ours = preprocess(hu, np.eye(4), pre).image
+    (low, high), mean, std = pre.clip, pre.mean, pre.std
+    reference = ScaleIntensityRange(low, high, (low - mean) / std, (high - mean) / std, clip=True)(torch.from_numpy(hu))
+    torch.testing.assert_close(ours, torch.as_tensor(reference), atol=1e-5, rtol=1e-6)
+
+
+def test_results_never_share_the_callers_memory_and_any_input_layout_works() -> None:
+    image, label, _ = random_case(9, oblique=False)
+    pre = PreprocessingConfig(orientation="RAS", spacing=None, crop_foreground=True, intensity="none")
+    case = preprocess(image, np.eye(4), pre, label=label)  # a crop alone: views, unless copied
+    assert not np.shares_memory(case.image.numpy(), image) and not np.shares_memory(case.label.numpy(), label)
+    swapped = image.astype(">f4")  # big-endian, as some files store it
+    torch.testing.assert_close(preprocess(swapped, np.eye(4), pre).image, case.image)
+    channels_last = Volume(image[0][..., None], np.eye(4))  # (X, Y, Z, 1)
+    prepared = inference_transforms(pre)({"image": [channels_last]})
+    torch.testing.assert_close(prepared.image, case.image)
+
+
+def test_half_precision_maps_are_resampled_as_float32() -> None:
+    image, _, affine = random_case(12, oblique=True)
+    case = preprocess(image, affine, PreprocessingConfig(spacing=[1.3, 1.3, 1.3]))
+    maps = torch.rand((2, *case.spatial_shape), generator=torch.Generator().manual_seed(1))
+    half = case.to_exact_grid(maps.half(), mode="bilinear")
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), case.to_exact_grid(maps, mode="bilinear"), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("image_shape", "label_shape", "message"),
+    [((5, 6, 7), None, r"image \(C, X, Y, Z\).*got image \(5, 6, 7\)"), ((1, 5, 6, 7), (1, 5, 6, 8), "label")],
+)
+def test_arrays_of_the_wrong_shape_are_shape_errors(image_shape, label_shape, message) -> None:
+    label = None if label_shape is None else np.zeros(label_shape, np.float32)
+    with pytest.raises(ShapeError, match=message):
+        preprocess(np.ones(image_shape, np.float32), np.eye(4), PreprocessingConfig(), label=label)
+
+
+@pytest.mark.parametrize("spacing", [[2.0, 2.0], [1.0, 0.0, 1.0], [1.0, -1.0, 1.0]])
+def test_a_spacing_that_cannot_work_is_a_config_error(spacing) -> None:
+    with pytest.raises(ConfigError, match=r"preprocessing.spacing=.* is not valid; give 3 positive sizes"):
+        inference_transforms(PreprocessingConfig(spacing=spacing))

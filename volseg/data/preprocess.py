@@ -1,14 +1,20 @@
 """A case's deterministic preprocessing and the way back to its input grid, on torch and nibabel alone.
 
 :func:`preprocess` reads nothing: it takes the image ``(C, *S)`` and its voxel -> RAS ``affine``,
-reorients, crops to the non-zero box, resamples to the configured spacing and normalises, and
+crops to the non-zero box, reorients, resamples to the configured spacing and normalises, and
 records each spatial step so that :meth:`PreparedCase.to_input_grid` can put a prediction back on
 the input grid exactly (zero outside the crop). :func:`read_case` reads and checks a case's files.
 Training pipelines wrap both in a MONAI map transform (:mod:`volseg.data.transforms`); inference
 calls them directly, so ``volseg predict`` does not import MONAI (its package import costs more
 than two seconds). The results match MONAI's ``Orientation``, ``CropForeground``, ``Spacing``
-(bilinear or nearest, border padding, ``align_corners=False``) and ``NormalizeIntensity(nonzero=True,
-channel_wise=True)`` up to float32 rounding; ``tests/data/test_preprocess.py`` compares them.
+(bilinear or nearest, border padding, ``align_corners=False``), ``NormalizeIntensity(nonzero=True,
+channel_wise=True)`` and ``ScaleIntensityRange(clip=True)`` up to float32 rounding;
+``tests/data/test_preprocess.py`` compares them.
+
+The spatial steps are :class:`Crop`, :class:`Reorient` and :class:`Resample`, in that order; each
+maps ``(C, *S_in)`` to ``(C, *S_out)`` (``forward``), back (``backward``), and the grid's affine
+(``affine_after``). The first two move voxels without interpolating: the grid they reach is the
+case's *exact grid*, on which a voxel-wise decision equals one made on the input grid.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import nibabel.orientations as nio
 import numpy as np
@@ -44,7 +50,7 @@ AFFINE_TOL = 1e-3
 
 # ---------------------------------------------------------------------------------------- reading
 def read_case(
-    images: Any, label: Any = None, *, case_id: str = "?", atol: float = 1e-3
+    images: Any, label: Any = None, *, case_id: str = "?"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Image ``(C, *S)`` float32, its voxel -> RAS affine and the label ``(1, *S)`` float32 (or ``None``).
 
@@ -63,7 +69,7 @@ def read_case(
                 f"case {case_id}: {volume.path} is {volume.spatial_dims}D; volseg pipelines need 3D "
                 "volumes (2D networks take slices of them)"
             )
-        if volume is not first and not vio.same_grid(first, volume, atol=atol):
+        if volume is not first and not vio.same_grid(first, volume, atol=AFFINE_TOL):
             raise ShapeError(
                 f"case {case_id}: channel files {first.path} and {volume.path} have different grids "
                 f"(shapes {first.spatial_shape} vs {volume.spatial_shape} or affines differ)"
@@ -73,7 +79,8 @@ def read_case(
     for volume in volumes:  # one converting copy per channel, straight into the stacked array
         channels = image[start : start + volume.num_channels]
         with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: inf, refused just below
-            channels[...] = np.moveaxis(volume.array, -1, 0) if volume.num_channels > 1 else volume.array
+            multi = volume.array.ndim > volume.spatial_dims  # (*S, C), C = 1 included
+            channels[...] = np.moveaxis(volume.array, -1, 0) if multi else volume.array
         start += volume.num_channels
         if volume.array.dtype.kind == "f" and not (np.isfinite(channels.min()) and np.isfinite(channels.max())):
             # finite in the file (float64, scaled) but not in float32
@@ -84,7 +91,7 @@ def read_case(
     label_array = None
     if label is not None:
         label_volume = vio.read_volume(label)
-        vio.check_same_grid(first, label_volume, atol=atol)
+        vio.check_same_grid(first, label_volume, atol=AFFINE_TOL)
         if label_volume.num_channels != 1:
             raise ShapeError(
                 f"case {case_id}: label {label_volume.path} has {label_volume.num_channels} channels; allowed: 1"
@@ -94,12 +101,16 @@ def read_case(
 
 
 def check_preprocessing(pre: PreprocessingConfig) -> None:
-    """Raise :class:`ConfigError` for an orientation code or CT statistics that cannot work."""
+    """Raise :class:`ConfigError` for an orientation code, spacing or CT statistics that cannot work."""
     code = pre.orientation.upper()
     if len(code) != 3 or any(sum(c in pair for c in code) != 1 for pair in ("LR", "AP", "IS")):
         raise ConfigError(
             f"preprocessing.orientation={pre.orientation!r} is not valid; give one letter of L/R, "
             "A/P and I/S each, e.g. 'RAS' or 'LPS'"
+        )
+    if pre.spacing is not None and (len(pre.spacing) != 3 or not all(float(s) > 0 for s in pre.spacing)):
+        raise ConfigError(
+            f"preprocessing.spacing={list(pre.spacing)} is not valid; give 3 positive sizes in mm, or null"
         )
     if pre.intensity == "ct":
         missing = [f"preprocessing.{k}" for k in ("clip", "mean", "std") if getattr(pre, k) is None]
@@ -118,9 +129,22 @@ def check_preprocessing(pre: PreprocessingConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------- spatial steps
+class Step(Protocol):
+    """A spatial step of the preprocessing (``x``: ``(C, *S)``; ``mode``: how values are interpolated,
+    ``fill``: the value of voxels the step had dropped; steps that neither interpolate nor drop voxels
+    ignore them)."""
+
+    def forward(self, x: torch.Tensor, mode: Mode) -> torch.Tensor: ...
+
+    def backward(self, x: torch.Tensor, mode: Mode, fill: float = 0) -> torch.Tensor: ...
+
+    def affine_after(self, affine: np.ndarray) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class Reorient:
-    """Flips and an axis permutation given as a nibabel orientation ``(axis, flip)`` per input axis."""
+    """Flips, then an axis permutation, given as a nibabel orientation ``(axis, flip)`` per input
+    axis; ``in_shape``: the spatial shape before."""
 
     ornt: np.ndarray
     in_shape: tuple[int, ...]
@@ -144,7 +168,7 @@ class Reorient:
 
 @dataclass(frozen=True)
 class Crop:
-    """The box ``start:stop`` of the input grid; the way back pads with ``fill`` (zeros)."""
+    """The box ``start:stop`` of a grid of spatial shape ``in_shape``; the way back pads with ``fill``."""
 
     start: tuple[int, ...]
     stop: tuple[int, ...]
@@ -195,11 +219,11 @@ def _index_to_normalised(shape: Sequence[int]) -> np.ndarray:
 def _sample(x: torch.Tensor, xform: np.ndarray, out_shape: Sequence[int], mode: Mode) -> torch.Tensor:
     """``x`` ``(C, *S_in)`` sampled at ``xform @ j`` (input voxel index of output voxel ``j``) -> ``(C, *out_shape)``.
 
-    Integer inputs are sampled as float32 and rounded back to their dtype. The sampling matrix is
-    composed in float32, in MONAI's order, so that nearest-voxel ties fall the same way as there.
+    Every dtype is sampled as float32 (as MONAI does) and cast back; integers are rounded first. The
+    sampling matrix is composed in float32, in MONAI's order, so that nearest-voxel ties fall the same way.
     """
     integral = not x.is_floating_point()
-    source = x.float() if integral or x.dtype == torch.float64 else x
+    source = x.float()
     theta = (
         _index_to_normalised(source.shape[1:])
         @ xform.astype(np.float32)
@@ -245,13 +269,14 @@ def _spacing_target(affine: np.ndarray, shape: Sequence[int], spacing: Sequence[
 @dataclass
 class PreparedCase:
     """A preprocessed case: ``image`` ``(C, *S)`` float32 (``label`` ``(1, *S)`` when given) on the grid
-    ``affine``, and the spatial steps that led there from the input grid ``input_affine`` / ``input_shape``."""
+    ``affine``, and the spatial steps (:class:`Step`, applied in order) that led there from the input
+    grid ``input_affine`` / ``input_shape``. The exact grid (see the module) has shape :attr:`exact_shape`."""
 
     image: torch.Tensor
     affine: np.ndarray
     input_affine: np.ndarray
     input_shape: tuple[int, ...]
-    steps: list[Any] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
     label: torch.Tensor | None = None
     case_id: str = "case"
 
@@ -292,17 +317,18 @@ class PreparedCase:
             pred = step.backward(pred, mode)
         return pred[0] if squeeze else pred
 
-    def place_on_input(self, values: torch.Tensor, fill: float = 0) -> torch.Tensor:
+    def place_on_input(self, values: torch.Tensor | np.ndarray, fill: float = 0) -> torch.Tensor:
         """``values`` ``(C, *S_exact)`` or ``(*S_exact)`` from :meth:`to_exact_grid` (or decided there)
         -> the input grid, ``fill`` outside the crop; exact for any dtype."""
         exact_steps = self.steps[: len(self.steps) - len(self._resampling_steps())]
-        squeeze = values.ndim == 3
+        values = torch.as_tensor(values)
+        squeeze = values.ndim == len(self.exact_shape)
         out = values[None] if squeeze else values
         for step in reversed(exact_steps):
             out = step.backward(out, "nearest", fill)
         return out[0] if squeeze else out
 
-    def _resampling_steps(self) -> list[Any]:
+    def _resampling_steps(self) -> list[Step]:
         """The trailing steps that interpolate (all of them come after the exact ones)."""
         count = 0
         for step in reversed(self.steps):
@@ -313,7 +339,8 @@ class PreparedCase:
 
 
 def _normalise_nonzero(image: torch.Tensor) -> torch.Tensor:
-    """Each channel's non-zero voxels to zero mean and unit standard deviation (population); zeros stay."""
+    """Each channel of ``image`` ``(C, *S)``, in place: its non-zero voxels to zero mean and unit
+    standard deviation (population); zeros stay."""
     for channel in image:
         inside = channel != 0
         if bool(inside.any()):
@@ -336,48 +363,70 @@ def preprocess(
     ``pre.spacing`` (linear for the image, nearest for the label), normalise (``mri``: z-score of
     each channel's non-zero voxels; ``ct``: clip, then z-score).
 
-    ``image`` ``(C, *S)``, ``label`` ``(1, *S)`` on the grid ``affine`` (voxel -> RAS mm).
+    ``image`` ``(C, *S)``, ``label`` ``(1, *S)`` on the grid ``affine`` (voxel -> RAS mm). The
+    returned tensors never share memory with the arguments.
     """
     check_preprocessing(pre)
-    source = torch.as_tensor(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
-    x = source.float()
-    y = None if label is None else torch.as_tensor(label)
+    image_t, label_t = _native_tensor(image, np.float32), None if label is None else _native_tensor(label)
+    if image_t.ndim != 4 or (label_t is not None and (label_t.ndim != 4 or label_t.shape[1:] != image_t.shape[1:])):
+        found = "" if label_t is None else f" and label {tuple(label_t.shape)}"
+        raise ShapeError(
+            f"case {case_id}: preprocess takes an image (C, X, Y, Z) and a label (1, X, Y, Z) on its grid; "
+            f"got image {tuple(image_t.shape)}{found}"
+        )
     input_affine = np.asarray(affine, dtype=np.float64)
-    input_shape = tuple(int(n) for n in x.shape[1:])
-    current, steps = input_affine.copy(), []
+    input_shape = tuple(int(n) for n in image_t.shape[1:])
+    out_image, out_label, grid_affine, steps = image_t.float(), label_t, input_affine.copy(), []
 
-    def apply(step: Any) -> None:
-        nonlocal x, y, current
-        x = step.forward(x, "bilinear")
-        y = None if y is None else step.forward(y, "nearest")
-        current = step.affine_after(current)
+    def apply(step: Step) -> None:
+        nonlocal out_image, out_label, grid_affine
+        out_image = step.forward(out_image, "bilinear")
+        out_label = None if out_label is None else step.forward(out_label, "nearest")
+        grid_affine = step.affine_after(grid_affine)
         steps.append(step)
 
     if pre.crop_foreground:  # first: the reorientation and resampling then touch only the box
-        inside = (x != 0).any(dim=0)
+        inside = (out_image != 0).any(dim=0)
         if bool(inside.any()):
             bounds = [torch.nonzero(inside.any(dim=[d for d in range(3) if d != axis])) for axis in range(3)]
             start = tuple(int(b[0]) for b in bounds)
             stop = tuple(int(b[-1]) + 1 for b in bounds)
-            if start != (0, 0, 0) or stop != tuple(x.shape[1:]):
-                apply(Crop(start, stop, tuple(x.shape[1:])))
-    ornt = nio.ornt_transform(nio.io_orientation(current), nio.axcodes2ornt(tuple(pre.orientation.upper())))
+            if start != (0, 0, 0) or stop != input_shape:
+                apply(Crop(start, stop, input_shape))
+    ornt = nio.ornt_transform(nio.io_orientation(grid_affine), nio.axcodes2ornt(tuple(pre.orientation.upper())))
     if not np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
-        apply(Reorient(ornt, tuple(x.shape[1:])))
+        apply(Reorient(ornt, tuple(out_image.shape[1:])))
     if pre.spacing is not None:
-        target, shape = _spacing_target(current, x.shape[1:], pre.spacing)
-        unchanged = np.allclose(target, current, atol=AFFINE_TOL) or np.allclose(
-            np.linalg.solve(current, target), np.eye(4), atol=AFFINE_TOL
+        shape = tuple(out_image.shape[1:])
+        target_affine, target_shape = _spacing_target(grid_affine, shape, pre.spacing)
+        unchanged = np.allclose(target_affine, grid_affine, atol=AFFINE_TOL) or np.allclose(
+            np.linalg.solve(grid_affine, target_affine), np.eye(4), atol=AFFINE_TOL
         )
-        if not (unchanged and shape == tuple(x.shape[1:])):
-            apply(Resample(current, target, tuple(x.shape[1:]), shape))
+        if not (unchanged and target_shape == shape):
+            apply(Resample(grid_affine, target_affine, shape, target_shape))
+    out_image = _own_copy(out_image, image_t)
     if pre.intensity == "mri":
-        shared = x.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
-        x = _normalise_nonzero(x.clone() if shared else x)  # never the caller's array
+        out_image = _normalise_nonzero(out_image)
     elif pre.intensity == "ct":
         (low, high), mean, std = pre.clip, pre.mean, pre.std
-        x = (x.clamp(low, high) - mean) / std
-    return PreparedCase(x.contiguous(), current, input_affine, input_shape, steps, y, case_id)
+        out_image = (out_image.clamp(low, high) - mean) / std
+    out_label = None if out_label is None else _own_copy(out_label, label_t)
+    return PreparedCase(out_image.contiguous(), grid_affine, input_affine, input_shape, steps, out_label, case_id)
+
+
+def _native_tensor(array: torch.Tensor | np.ndarray, dtype: Any = None) -> torch.Tensor:
+    """A tensor view of ``array`` where it can be one; numpy arrays in another byte order (or not
+    ``dtype``, when given) are converted first."""
+    if isinstance(array, torch.Tensor):
+        return array
+    array = np.asarray(array)
+    wanted = np.dtype(dtype) if dtype is not None else array.dtype.newbyteorder("=")
+    return torch.as_tensor(array if array.dtype == wanted else array.astype(wanted))
+
+
+def _own_copy(result: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """``result``, copied when it still shares memory with the caller's ``source``."""
+    return result.clone() if result.untyped_storage().data_ptr() == source.untyped_storage().data_ptr() else result
 
 
 # ------------------------------------------------------------------------- the inference door

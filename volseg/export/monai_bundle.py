@@ -111,7 +111,7 @@ def export_monai_bundle(
 
 
 def _preprocessing(config: Config, channels: list[str]) -> list[dict[str, Any]]:
-    """MONAI transforms equal to volseg's inference preprocessing (volseg.data.transforms)."""
+    """MONAI transforms equal to volseg's inference preprocessing (volseg.data.preprocess)."""
     pre = config.preprocessing
     steps: list[dict[str, Any]] = [
         {"_target_": "LoadImaged", "keys": "image", "image_only": True, "ensure_channel_first": True},
