@@ -14,7 +14,8 @@ from clinical_support import HIPPOCAMPUS_LABELS, value_predictor
 from volseg.config import config_from_dict
 from volseg.data.label_space import LabelSpace
 from volseg.errors import ConfigError, OutputExistsError
-from volseg.inference.label_outputs import parse_formats, segments_of
+from volseg.inference.label_outputs import segments_of
+from volseg.inference.output_formats import parse_formats
 from volseg.inference.segment import OutputOptions, segment
 from volseg.io import read_volume
 from volseg.io.label_tables import itksnap_text, slicer_colour_table_text, write_label_tables

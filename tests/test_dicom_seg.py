@@ -21,7 +21,8 @@ from volseg.cli import main
 from volseg.config import config_from_dict
 from volseg.data.label_space import LabelSpace
 from volseg.errors import ConfigError
-from volseg.inference.label_outputs import check_formats, segments_of
+from volseg.inference.label_outputs import segments_of
+from volseg.inference.output_formats import check_formats
 from volseg.inference.segment import OutputOptions, segment
 from volseg.io import read_volume
 from volseg.io.dicom_seg import read_source_series, write_dicom_seg

@@ -1,4 +1,4 @@
-"""The command line starts without torch or MONAI: --help and argument errors never import them,
+"""The command line starts without torch, MONAI, numpy or nibabel: --help and argument errors never import them,
 and prediction never imports MONAI."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 BLOCKED = """
 import sys
-for name in ("torch", "monai", "SimpleITK"):
+for name in ("torch", "monai", "SimpleITK", "nibabel", "numpy"):
     sys.modules[name] = None  # importing any of them now raises ImportError
 import volseg
 from volseg.cli import main
@@ -36,7 +36,7 @@ def test_help_and_argument_errors_need_neither_torch_nor_monai(tmp_path, argv, c
 
 
 SAMPLE = Path(__file__).resolve().parents[1] / "volseg" / "models" / "hippocampus_sample" / "hippocampus_166.nii.gz"
-WITHOUT_MONAI = BLOCKED.replace('("torch", "monai", "SimpleITK")', '("monai",)')
+WITHOUT_MONAI = BLOCKED.replace('("torch", "monai", "SimpleITK", "nibabel", "numpy")', '("monai",)')
 
 
 def test_predict_runs_without_monai(tmp_path):

@@ -180,7 +180,7 @@ def _check_predict_options(args: argparse.Namespace) -> None:
     """Refuse bad option values before the model is loaded and any case is read."""
     import math
 
-    from volseg.inference.label_outputs import check_formats, parse_formats
+    from volseg.inference.output_formats import check_formats, parse_formats
 
     args.label_extension, args.formats = parse_formats(args.format)
     check_formats(args.formats)  # dicom-seg: is highdicom installed?

@@ -31,6 +31,7 @@ import numpy as np
 from volseg.errors import ConfigError, OutputExistsError, VolsegError
 from volseg.inference import label_outputs
 from volseg.inference.inputs import PredictionInput, find_inputs
+from volseg.inference.output_formats import check_formats
 from volseg.inference.postprocess import (
     keep_largest_component,
     label_statistics,
@@ -159,7 +160,7 @@ def segment(
     shard I of N of a folder's cases (:mod:`volseg.inference.sharding`).
     """
     options = options or OutputOptions()
-    label_outputs.check_formats(options.formats)
+    check_formats(options.formats)
     inputs = find_inputs(input_path, channel_names=predictor.channel_names)
     pairs = plan_outputs(inputs, Path(output), options)
     if shard is not None:
