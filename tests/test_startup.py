@@ -29,7 +29,7 @@ sys.exit(main(sys.argv[1:]))
         (["predict", "-m", "hippocampus", "-i", ".", "-o", "out", "--overlap", "2"], 2, "--overlap 2.0 is not valid"),
     ],
 )
-def test_help_and_argument_errors_need_neither_torch_nor_monai(tmp_path, argv, code, text):
+def test_help_and_argument_errors_import_no_torch_monai_numpy_or_nibabel(tmp_path, argv, code, text):
     result = subprocess.run([sys.executable, "-c", BLOCKED, *argv], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == code, result.stderr
     assert text in result.stdout + result.stderr and "Traceback" not in result.stderr
