@@ -26,10 +26,10 @@ OPTIONS = {
     "attention-unet": dict(features=[16, 32, 64, 128, 256]),
     "unet++": dict(features=[16, 32, 64, 128]),
     "unet-paper": dict(features=[8, 16, 32, 64]),  # valid convolutions: many windows
-    "segnet": dict(features=[16, 32, 64, 128]),
+    "segnet": dict(features=[16, 32, 64, 128], num_convs=[2, 2, 3, 3]),
     "ternausnet": dict(features=[16, 32, 64, 128, 128]),
 }
-VOLUME = {3: (1, 1, 80, 80, 80), 2: (1, 1, 320, 320)}
+VOLUME = {3: (1, 1, 80, 80, 80), 2: (1, 1, 320, 320)}  # unet-paper 3D: --families to time it alone
 WINDOW = {3: (48, 48, 48), 2: (128, 128)}
 
 

@@ -10,9 +10,9 @@ every structure with its change from the first setting. Run it on an idle machin
     python scripts/bench_settings.py -m brats --int8 brats-int8.pt ...   # adds the int8 rows
 
 One untimed case first warms each setting up (OpenVINO compiles the network for its window
-once per process, or loads it from the disk cache). Settings: torch (the network in PyTorch),
-openvino (fp32), fast (openvino, ``--fast``), and with ``--int8`` the quantized checkpoint alone
-and with ``--fast``. Mirroring is off in every row (the CPU default); ``--mirroring`` adds it
+once per process, or loads it from the disk cache). Settings: torch (the network in PyTorch), the
+default (``auto``: OpenVINO fp32 where installed), ``--fast``'s settings on the float network, ``--fast``
+itself (a bundled model's int8 version where one is shipped), and with ``--int8`` that checkpoint. Mirroring is off in every row (the CPU default); ``--mirroring`` adds it
 everywhere.
 """
 
@@ -81,20 +81,28 @@ def main() -> None:
     structures = checkpoint_label_space(checkpoint).structures()
     cases = held_out(args.data or str(checkpoint_config(checkpoint).data.root), args.splits, args.fold, args.cases)
     common = {"tta": args.mirroring}
+    float_file = str(resolve_model(args.model))  # a file: --fast keeps its float network
     settings = [
         ("torch", args.model, {"backend": "torch"}),
-        ("openvino fp32", args.model, {"backend": "openvino"}),
-        ("openvino fp32 --fast", args.model, {"backend": "openvino", "fast": True}),
+        ("default (auto)", args.model, {}),
+        ("fp32 --fast settings", float_file, {"fast": True}),
+        ("--fast", args.model, {"fast": True}),  # a bundled model's int8 version, where one is shipped
     ]
     if args.int8:
-        settings += [("int8", args.int8, {"backend": "openvino"}), ("int8 --fast", args.int8, {"fast": True})]
+        settings.append(("int8", args.int8, {"backend": "openvino"}))
     print(f"{args.model}: {len(cases)} held-out case(s), {args.threads} thread(s), torch {torch.__version__}")
-    first = None
+    print("speed-ups against the torch row and the default row; Dice change against the torch row")
+    first = default = None
     for name, model, options in settings:
         seconds, dice = run(model, {**common, **options}, cases, structures, args.repeats)
         first = first or (seconds, dice)
+        default = seconds if name.startswith("default") else default
+        against_default = f" x{default / seconds:5.2f} default" if default else ""
         scores = ", ".join(f"{k} {v:.4f} ({v - first[1][k]:+.4f})" for k, v in dice.items())
-        print(f"{name:<22} {seconds:7.2f} s/case  x{first[0] / seconds:5.2f}   Dice {scores}", flush=True)
+        print(
+            f"{name:<22} {seconds:7.2f} s/case  x{first[0] / seconds:5.2f} torch{against_default}   Dice {scores}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

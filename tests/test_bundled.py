@@ -42,6 +42,26 @@ def test_bundled_model_segments_its_held_out_sample():
     assert np.mean([scores["anterior"]["dice"], scores["posterior"]["dice"]]) >= 0.85
 
 
+@pytest.mark.parametrize("name", ["hippocampus-int8", "brats-int8"])
+def test_the_int8_bundles_passed_the_quantization_guard(name):
+    checkpoint = load_checkpoint(bundled_models()[name])
+    record = checkpoint["openvino"]
+    assert record["precision"] == "int8" and bundled_models()[name].stat().st_size <= 20 * 1024**2
+    validation = record["validation"]
+    assert len(validation["cases"]) >= 8 and max(validation["drops"].values()) <= validation["max_drop"] == 0.005
+    assert not set(validation["cases"]) & set(record["calibration"]["cases"])  # never calibrated on
+
+
+def test_the_int8_hippocampus_model_agrees_with_the_float_model():
+    pytest.importorskip("openvino", reason="the int8 network runs on OpenVINO (pip install 'volseg[openvino]')")
+    _, image, _ = sample_files()
+    volume = read_volume(image)
+    int8 = Predictor.from_checkpoint("hippocampus-int8", device="cpu")
+    assert int8.runner.precision == "int8"
+    labels = int8.predict(volume)
+    assert np.mean(labels == Predictor.from_checkpoint("hippocampus", device="cpu").predict(volume)) >= 0.995
+
+
 def test_the_demo_command(tmp_path, capsys):
     folder, image, _ = sample_files()
     assert (

@@ -1,9 +1,10 @@
-"""--fast: no mirroring and overlap 0.25 unless given; the windows stay the model's."""
+"""--fast: no mirroring and overlap 0.25 unless given; the windows stay the model's; a bundled model's int8 version."""
 
 from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 
 from volseg.cli import main
@@ -48,3 +49,14 @@ def test_the_cli_flag(tmp_path):
     argv = ["predict", "-m", "hippocampus", "-i", str(tmp_path / "a.nii.gz"), "-o", str(tmp_path / "out.nii.gz")]
     assert main([*argv, "--fast", "--quiet"]) == 0
     assert np.asarray(nib.load(tmp_path / "out.nii.gz").dataobj).shape == (30, 40, 30)
+
+
+def test_fast_takes_a_bundled_models_int8_version_where_it_can_run():
+    from volseg.bundled import int8_version
+
+    assert int8_version("hippocampus") == "hippocampus-int8" and int8_version("hippocampus-int8") is None
+    pytest.importorskip("openvino", reason="the int8 network runs on OpenVINO (pip install 'volseg[openvino]')")
+    fast = Predictor.from_checkpoint("hippocampus", fast=True, device="cpu")
+    assert fast.backend == "openvino" and fast.runner.precision == "int8"
+    assert Predictor.from_checkpoint("hippocampus", device="cpu").runner.precision == "fp32"  # not without --fast
+    assert Predictor.from_checkpoint("hippocampus", fast=True, backend="torch").backend == "torch"  # float weights

@@ -18,6 +18,19 @@ def bundled_models() -> dict[str, Path]:
     return {path.stem: path for path in sorted(BUNDLED_DIR.glob("*.pt"))}
 
 
+#: A bundled model's int8 version (``volseg quantize``, passed its accuracy guard) is named ``NAME-int8``.
+INT8_SUFFIX = "-int8"
+
+
+def int8_version(path_or_name: str | Path) -> str | None:
+    """The name of the bundled int8 version of the bundled model ``path_or_name`` (``brats`` ->
+    ``brats-int8``), or None (a checkpoint file, or no int8 version shipped)."""
+    name = str(path_or_name)
+    if Path(path_or_name).is_file() or name.endswith(INT8_SUFFIX):
+        return None
+    return f"{name}{INT8_SUFFIX}" if f"{name}{INT8_SUFFIX}" in bundled_models() else None
+
+
 def resolve_model(path_or_name: str | Path) -> Path:
     """A checkpoint file path, or the path of the bundled model of that name."""
     path = Path(path_or_name)
