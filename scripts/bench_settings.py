@@ -12,7 +12,8 @@ every structure with its change from the first setting. Run it on an idle machin
 One untimed case first warms each setting up (OpenVINO compiles the network for its window
 once per process, or loads it from the disk cache). Settings: torch (the network in PyTorch), the
 default (``auto``: OpenVINO fp32 where installed), ``--fast``'s settings on the float network, ``--fast``
-itself (a bundled model's int8 version where one is shipped), and with ``--int8`` that checkpoint. Mirroring is off in every row (the CPU default); ``--mirroring`` adds it
+itself (a bundled model's int8 version where one is shipped), and with ``--int8`` that checkpoint.
+Mirroring is off in every row (the CPU default); ``--mirroring`` adds it
 everywhere.
 """
 
