@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import numpy as np
@@ -212,6 +213,9 @@ def test_auto_is_torch_on_cuda_and_for_networks_outside_the_registry():
 
     assert resolve_backend("auto", "cuda", tiny("unet", 3)) == "torch"
     assert resolve_backend("auto", "cpu", Plain(3, 1, 1)) == "torch"
+    if importlib.util.find_spec("openvino") is not None:  # the benchmark's decision per family
+        assert resolve_backend("auto", "cpu", tiny("segnet", 3)) == "torch"  # slower on OpenVINO
+        assert resolve_backend("auto", "cpu", tiny("unet-paper", 2)) == "openvino"
     with pytest.raises(ConfigError, match="runs on the CPU"):
         resolve_backend("openvino", "cuda", tiny("unet", 3))
     with pytest.raises(ConfigError, match="unknown backend 'openvin'.*did you mean 'openvino'"):

@@ -28,15 +28,16 @@ BACKENDS = ("auto", "torch", "openvino")
 # ---------------------------------------------------------------------------------------------
 # THE AUTO DECISION PER NETWORK FAMILY (edit here after benchmarking, issue 15).
 #: Backend that ``auto`` picks on the CPU for each network family (``network.config["name"]``)
-#: when OpenVINO is installed. Measured so far: the bundled BraTS U-Net ran 13.45 s with torch,
-#: 9.96 s with OpenVINO fp32 (labels 100 % equal). The other families are converted and agree
-#: within float32 rounding (tests/test_backends.py) but are not benchmarked yet.
+#: when OpenVINO is installed, from ``scripts/bench_backends.py --threads 2 --repeats 3`` (2026-12-01,
+#: idle 2-core CPU; OpenVINO fp32 over PyTorch, sliding window, 3D / 2D): unet 1.97x / 1.22x,
+#: attention-unet 1.87x / 1.38x, unet++ 1.88x / 1.48x, ternausnet 2.89x / 1.51x, unet-paper
+#: 3.99x / 1.69x, segnet **0.63x / 0.29x** (its max-unpooling is slow in OpenVINO): torch for segnet.
 AUTO_CPU_BACKEND: dict[str, str] = {
     "unet": "openvino",
     "attention-unet": "openvino",
     "unet++": "openvino",
     "unet-paper": "openvino",
-    "segnet": "openvino",
+    "segnet": "torch",
     "ternausnet": "openvino",
 }
 #: ``auto`` on the CPU for networks not in the table (built outside volseg's registry).
