@@ -28,7 +28,8 @@ def int8_version(path_or_name: str | Path) -> str | None:
     name = str(path_or_name)
     if Path(path_or_name).is_file() or name.endswith(INT8_SUFFIX):
         return None
-    return f"{name}{INT8_SUFFIX}" if f"{name}{INT8_SUFFIX}" in bundled_models() else None
+    int8 = f"{name}{INT8_SUFFIX}"
+    return int8 if int8 in bundled_models() else None
 
 
 def resolve_model(path_or_name: str | Path) -> Path:

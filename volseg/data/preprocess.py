@@ -404,12 +404,13 @@ def preprocess(
         )
         if not (unchanged and target_shape == shape):
             apply(Resample(grid_affine, target_affine, shape, target_shape))
-    out_image = _own_copy(out_image, image_t)
-    if pre.intensity == "mri":
-        out_image = _normalise_nonzero(out_image)
-    elif pre.intensity == "ct":
+    if pre.intensity == "mri":  # in place, so never on the caller's memory
+        out_image = _normalise_nonzero(_own_copy(out_image, image_t))
+    elif pre.intensity == "ct":  # a new tensor
         (low, high), mean, std = pre.clip, pre.mean, pre.std
         out_image = (out_image.clamp(low, high) - mean) / std
+    else:
+        out_image = _own_copy(out_image, image_t)
     out_label = None if out_label is None else _own_copy(out_label, label_t)
     return PreparedCase(out_image.contiguous(), grid_affine, input_affine, input_shape, steps, out_label, case_id)
 

@@ -25,9 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from volseg.errors import ConfigError, InputFileError
-from volseg.inference.output_formats import (
-    EXTRA_FORMATS,
-)
+from volseg.inference.output_formats import EXTRA_FORMATS
 from volseg.io.segments import Segment, describe_segments
 
 if TYPE_CHECKING:
@@ -37,7 +35,6 @@ if TYPE_CHECKING:
     from volseg.io.dicom_seg import SourceSeries
 
 
-#: ``--format`` names that choose the label file, with their ``OutputOptions.extension``.
 def is_finished(labels_path: Path, side: Mapping[str, Path], formats: tuple[str, ...] | list[str]) -> bool:
     """Whether the label file and the file of every format in ``formats`` exist."""
     return labels_path.exists() and all(side[EXTRA_FORMATS[name]].exists() for name in formats)

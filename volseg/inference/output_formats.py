@@ -10,6 +10,7 @@ from volseg.errors import ConfigError
 
 __all__ = ["EXTRA_FORMATS", "FORMAT_NAMES", "LABEL_FILE_FORMATS", "check_formats", "parse_formats"]
 
+#: ``--format`` names that choose the label file, with their ``OutputOptions.extension``.
 LABEL_FILE_FORMATS = {"nifti": ".nii.gz", "same": "same"}
 #: Further formats written beside the label file -> their key in ``segment.output_paths``.
 EXTRA_FORMATS = {"dicom-seg": "dicom_seg", "seg-nrrd": "seg_nrrd"}

@@ -12,7 +12,6 @@ the labels, and the probabilities or uncertainty when asked for, come back to th
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,7 +35,7 @@ from volseg.data.label_space import LabelSpace
 from volseg.data.preprocess import PreparedCase, inference_transforms
 from volseg.data.training_fingerprint import TrainingFingerprint
 from volseg.errors import ConfigError, ShapeError, choice_error
-from volseg.inference.backends import resolve_backend, runner_for
+from volseg.inference.backends import openvino_installed, resolve_backend, runner_for
 from volseg.inference.class_maps import (
     RunningDecision,
     class_chunk,
@@ -392,7 +391,7 @@ class Predictor:
 
 def _int8_runs_here(options: dict[str, Any]) -> bool:
     """Whether a predictor made with ``options`` would run an int8 OpenVINO network."""
-    if options.get("backend") not in (None, "auto", "openvino") or importlib.util.find_spec("openvino") is None:
+    if options.get("backend") not in (None, "auto", "openvino") or not openvino_installed():
         return False
     return str(options.get("device", "auto")).startswith("cpu") or not torch.cuda.is_available()
 
